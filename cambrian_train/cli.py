@@ -1,0 +1,61 @@
+"""``cambrian-train``: the Hydra entry point and the only composition root.
+
+Composes ``configs/train.yaml`` with command-line overrides, converts the result to typed
+dataclasses once, validates every cross-field constraint, and only then touches data, models or
+devices (``run.run``). User errors exit with status 2 and a message naming the field and value.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cambrian_train.config.schema import TrainConfig
+from cambrian_train.config.store import register_configs
+from cambrian_train.config.validate import ConfigError, validate
+
+log = logging.getLogger("cambrian_train")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """DictConfig → TrainConfig; missing or ill-typed values become a one-line ConfigError."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        message = str(err).splitlines()[0]
+        raise ConfigError(f"{key}: {message}" if key else message) from None
+
+
+def _main(cfg: DictConfig) -> None:
+    from cambrian_train.run import run  # heavy imports only once the config is known good
+
+    try:
+        train_cfg = to_train_config(cfg)
+        validate(train_cfg)
+        run(train_cfg)
+    except ValueError as err:  # ConfigError, DataError and loaders' checks: user errors
+        if os.environ.get("CAMBRIAN_TRACEBACK"):
+            raise
+        log.error("%s: %s", type(err).__name__, err)
+        log.error("(set CAMBRIAN_TRACEBACK=1 for the traceback)")
+        sys.exit(2)
+
+
+def main() -> None:
+    if not CONFIG_DIR.is_dir():
+        sys.exit(f"cambrian-train: config directory {CONFIG_DIR} not found (install with pip -e)")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    register_configs()
+    hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")(_main)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Typed configuration schema for cambrian-train.
+
+Hydra composes YAML from ``configs/``; the root schema :class:`TrainConfig` is registered in the
+ConfigStore as ``train_schema`` and is the first entry of ``configs/train.yaml``'s defaults, so every
+composed value is type-checked and unknown keys are rejected. ``cli.main`` converts the composed
+config to these dataclasses once (``OmegaConf.to_object``); code below it never sees a DictConfig.
+Cross-field checks live in :mod:`cambrian_train.config.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class LLMConfig:
+    """A decoder LLM loaded with ``from_pretrained`` (hub name or local directory)."""
+
+    source: str = "hf_causal_lm"  # key in LLMS
+    checkpoint: str = MISSING  # hub name or local directory
+    tokenizer: Optional[str] = None  # defaults to ``checkpoint``
+    template: str = MISSING  # chat template name (data/templates.py)
+    num_layers: int = MISSING  # decoder depth, known before loading (checked after loading)
+    hidden_size: int = MISSING  # model width, known before loading (checked after loading)
+    dtype: str = "float32"  # parameter dtype at load: float32 | bfloat16
+
+
+@dataclass
+class VisionTowerConfig:
+    """One vision tower; ``model.towers`` maps a name to one of these."""
+
+    source: str = MISSING  # key in VISION_TOWERS: hf_clip | hf_siglip | ...
+    checkpoint: str = MISSING
+    image_size: int = MISSING  # input resolution (square)
+    num_tokens: int = MISSING  # perfect square; the feature grid is resized to it
+    select_layer: int = -2  # hidden-state index the features come from
+    select_feature: str = "patch"  # patch | cls_patch
+    multi_stage: bool = False
+    trainable: bool = False
+
+
+@dataclass
+class InsertConfig:
+    """Where SVA layers are re-inserted between LLM decoder layers (count 0 = connector only)."""
+
+    start: int = 0
+    stride: int = 3
+    count: int = 0
+
+
+@dataclass
+class ConnectorConfig:
+    """The vision→LLM connector. ``name`` selects the CONNECTORS entry; SVA fields apply to sva."""
+
+    name: str = MISSING  # mlp2x_gelu | sva
+    vision_hidden_size: int = 1024
+    num_query_group: int = 1
+    query_num_list: List[int] = field(default_factory=lambda: [576])
+    connector_depth: int = 3
+    num_heads: int = 16
+    insert: InsertConfig = field(default_factory=InsertConfig)
+
+
+@dataclass
+class ModelConfig:
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    towers: Dict[str, VisionTowerConfig] = field(default_factory=dict)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    image_token_len: int = 576  # visual tokens per image handed to the LLM (a perfect square)
+    image_newline: bool = True  # learned vector closing every row of the visual grid
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the synthetic shapes data set (data/synthetic.py)."""
+
+    seed: int = 0
+    image_size: int = 64
+    num_pretrain: int = 2000  # caption records (stage 1)
+    num_train: int = 4000  # VQA records (stage 2)
+    num_test: int = 300  # held-out questions
+    max_shapes: int = 3
+    question_types: List[str] = field(default_factory=lambda: ["color", "shape", "count"])
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: Optional[str] = None  # directory of a generated data set (with ``synthetic``)
+    train_path: str = MISSING  # LLaVA JSON/JSONL used by stages that train on instruction data
+    pretrain_path: Optional[str] = None  # stage-1 alignment data; None = train_path
+    image_folder: str = MISSING  # record "image" paths are relative to this
+    test_path: Optional[str] = None  # held-out JSONL: image, question, answer, optional choices
+    synthetic: Optional[SyntheticConfig] = None  # when set, the files are generated if missing
+    image_aspect_ratio: str = "pad"  # pad | resize
+    system_prompt: Optional[str] = None  # None = the template's default, "" = none
+    max_images: int = 1  # image slots per sample (I)
+    num_workers: int = 0
+    strict: bool = False  # fail on the first bad record instead of counting and skipping it
+
+
+@dataclass
+class StageConfig:
+    """One training stage: what is trained, on what data, with which optimisation settings."""
+
+    name: str = MISSING
+    train_llm: bool = False  # connector always trains; towers follow tower.trainable
+    dataset: str = "train"  # train | pretrain: which data path this stage reads
+    template: Optional[str] = None  # chat template; None = model.llm.template
+    init_from: Optional[str] = None  # run dir or checkpoint dir whose connector initialises this stage
+    global_batch_size: int = MISSING
+    per_device_batch_size: int = MISSING
+    grad_accum_steps: int = 1
+    lr: float = MISSING  # connector lr (and LLM lr when train_llm)
+    sva_lr: Optional[float] = None  # lr of SVA parameters; None = lr
+    llm_lr: Optional[float] = None  # None = lr
+    tower_lr: Optional[float] = None  # None = lr
+    base_batch_size: Optional[int] = None  # lr scaling: lr * sqrt(global / base); None = off
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_ratio: float = 0.03
+    lr_schedule: str = "cosine"  # cosine | constant
+    epochs: float = 1.0
+    max_steps: Optional[int] = None  # overrides epochs when set
+    max_length: int = 2048  # sequence length L (static)
+    grad_clip: float = 1.0
+    gradient_checkpointing: bool = False
+    log_every: int = 10
+    eval_after: bool = True  # evaluate on data.test_path after the stage
+
+
+@dataclass
+class BackendConfig:
+    name: str = "cpu"  # key in BACKENDS: cpu | cuda_fsdp | xla_spmd
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16
+    compile: bool = False  # torch.compile (cuda) — ignored elsewhere
+    num_threads: Optional[int] = None  # cpu: torch threads
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh. The data-parallel size (batch split) is data * fsdp."""
+
+    name: str = "single"
+    num_devices: int = 1
+    data: int = 1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = True
+    wandb_mode: str = "offline"  # offline | online | auto (online when WANDB_API_KEY is set)
+    project: str = "cambrian-train"
+    entity: Optional[str] = None
+    run_name: Optional[str] = None  # None = experiment name
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    max_new_tokens: int = 8
+    max_samples: Optional[int] = None
+
+
+@dataclass
+class TrainConfig:
+    """The root config: everything a run needs."""
+
+    name: str = "run"
+    output_dir: str = MISSING
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stages: Dict[str, StageConfig] = field(default_factory=dict)
+    run_stages: List[str] = field(default_factory=list)  # which of ``stages`` run, in order
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,226 @@
+"""Cross-field checks of a :class:`TrainConfig`, run by ``cli.main`` before anything is built.
+
+Every failure is a :class:`ConfigError` whose message is one line naming the field and its value.
+``validate`` collects all failures, so a user fixes a config in one round trip.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from cambrian_train.config.schema import TrainConfig
+from cambrian_train.registry import BACKENDS, CONNECTORS, LLMS, VISION_TOWERS
+
+SELECT_FEATURES = ("patch", "cls_patch")
+ASPECT_RATIOS = ("pad", "resize")
+SCHEDULES = ("cosine", "constant")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A user configuration error; the message names the offending field and value."""
+
+
+def is_square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
+def data_parallel_size(cfg: TrainConfig) -> int:
+    """Number of batch shards: the mesh's data and fsdp axes."""
+    return cfg.mesh.data * cfg.mesh.fsdp
+
+
+def vision_slot_len(image_token_len: int, image_newline: bool) -> int:
+    """Sequence positions one image occupies: h*w tokens plus one newline per row."""
+    side = math.isqrt(image_token_len)
+    return side * (side + 1) if image_newline else side * side
+
+
+def _check_model(cfg: TrainConfig, errors: list[str]) -> None:
+    m = cfg.model
+    if not is_square(m.image_token_len):
+        errors.append(f"model.image_token_len={m.image_token_len} is not a perfect square")
+    if not m.towers:
+        errors.append("model.towers is empty: configure at least one vision tower")
+    conn = m.connector
+    if conn.name not in CONNECTORS:
+        errors.append(f"model.connector.name={conn.name!r} is not one of {CONNECTORS.names()}")
+    if m.llm.source not in LLMS:
+        errors.append(f"model.llm.source={m.llm.source!r} is not one of {LLMS.names()}")
+    for name, tower in m.towers.items():
+        key = f"model.towers.{name}"
+        if tower.source not in VISION_TOWERS:
+            errors.append(f"{key}.source={tower.source!r} is not one of {VISION_TOWERS.names()}")
+        if not is_square(tower.num_tokens):
+            errors.append(f"{key}.num_tokens={tower.num_tokens} is not a perfect square")
+        if tower.select_feature not in SELECT_FEATURES:
+            errors.append(
+                f"{key}.select_feature={tower.select_feature!r} is not one of "
+                f"{list(SELECT_FEATURES)}"
+            )
+        if tower.image_size <= 0:
+            errors.append(f"{key}.image_size={tower.image_size} must be positive")
+        if conn.name == "mlp2x_gelu" and tower.num_tokens != m.image_token_len:
+            errors.append(
+                f"{key}.num_tokens={tower.num_tokens} differs from model.image_token_len="
+                f"{m.image_token_len}; the mlp2x_gelu connector concatenates towers token by "
+                "token, so every tower needs image_token_len tokens"
+            )
+    if conn.name == "sva":
+        _check_sva(cfg, errors)
+    if m.llm.dtype not in DTYPES:
+        errors.append(f"model.llm.dtype={m.llm.dtype!r} is not one of {list(DTYPES)}")
+
+
+def _check_sva(cfg: TrainConfig, errors: list[str]) -> None:
+    m = cfg.model
+    conn = m.connector
+    if conn.num_query_group != len(conn.query_num_list):
+        errors.append(
+            f"model.connector.num_query_group={conn.num_query_group} differs from "
+            f"len(model.connector.query_num_list)={len(conn.query_num_list)}"
+        )
+    for q in conn.query_num_list:
+        if not is_square(q):
+            errors.append(f"model.connector.query_num_list entry {q} is not a perfect square")
+            continue
+        for name, tower in m.towers.items():
+            if not is_square(tower.num_tokens):
+                continue
+            side, tower_side = math.isqrt(q), math.isqrt(tower.num_tokens)
+            if tower_side % side:
+                errors.append(
+                    f"model.connector.query_num_list entry {q} (grid side {side}) does not "
+                    f"divide model.towers.{name}.num_tokens={tower.num_tokens} "
+                    f"(grid side {tower_side})"
+                )
+    if conn.vision_hidden_size % conn.num_heads:
+        errors.append(
+            f"model.connector.vision_hidden_size={conn.vision_hidden_size} is not divisible by "
+            f"model.connector.num_heads={conn.num_heads}"
+        )
+    if conn.connector_depth < 1:
+        errors.append(f"model.connector.connector_depth={conn.connector_depth} must be >= 1")
+    ins = conn.insert
+    if ins.count < 0 or ins.start < 0 or ins.stride < 1:
+        errors.append(
+            f"model.connector.insert={{start: {ins.start}, stride: {ins.stride}, count: "
+            f"{ins.count}}} needs start >= 0, stride >= 1, count >= 0"
+        )
+    elif ins.count > 0:
+        last = ins.start + ins.stride * (ins.count - 1)
+        if last >= m.llm.num_layers:
+            errors.append(
+                f"model.connector.insert places its last SVA layer after decoder layer {last} "
+                f"(start={ins.start} + stride={ins.stride} * (count={ins.count} - 1)) but "
+                f"model.llm.num_layers={m.llm.num_layers}"
+            )
+
+
+def _check_stages(cfg: TrainConfig, errors: list[str]) -> None:
+    if not cfg.run_stages:
+        errors.append("run_stages is empty: name at least one of stages")
+    dp = data_parallel_size(cfg)
+    slot = vision_slot_len(cfg.model.image_token_len, cfg.model.image_newline)
+    for name in cfg.run_stages:
+        if name not in cfg.stages:
+            errors.append(f"run_stages entry {name!r} is not in stages {sorted(cfg.stages)}")
+    for name, st in cfg.stages.items():
+        key = f"stages.{name}"
+        product = st.per_device_batch_size * st.grad_accum_steps * dp
+        if st.global_batch_size != product:
+            hint = ""
+            denom = st.per_device_batch_size * dp
+            if denom and st.global_batch_size % denom == 0:
+                hint = f"; set {key}.grad_accum_steps={st.global_batch_size // denom}"
+            errors.append(
+                f"{key}.global_batch_size={st.global_batch_size} != per_device_batch_size="
+                f"{st.per_device_batch_size} x grad_accum_steps={st.grad_accum_steps} x "
+                f"data-parallel size={dp} (= {product}){hint}"
+            )
+        if st.dataset not in ("train", "pretrain"):
+            errors.append(f"{key}.dataset={st.dataset!r} is not one of ['train', 'pretrain']")
+        if st.lr_schedule not in SCHEDULES:
+            errors.append(f"{key}.lr_schedule={st.lr_schedule!r} is not one of {list(SCHEDULES)}")
+        if not 0.0 <= st.warmup_ratio < 1.0:
+            errors.append(f"{key}.warmup_ratio={st.warmup_ratio} must be in [0, 1)")
+        if st.lr <= 0:
+            errors.append(f"{key}.lr={st.lr} must be positive")
+        if st.max_steps is not None and st.max_steps < 1:
+            errors.append(f"{key}.max_steps={st.max_steps} must be >= 1")
+        if st.epochs <= 0:
+            errors.append(f"{key}.epochs={st.epochs} must be positive")
+        if st.max_length <= cfg.data.max_images * slot:
+            errors.append(
+                f"{key}.max_length={st.max_length} leaves no room for text after "
+                f"data.max_images={cfg.data.max_images} x {slot} vision positions"
+            )
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _check_data(cfg: TrainConfig, errors: list[str]) -> None:
+    d = cfg.data
+    if d.image_aspect_ratio not in ASPECT_RATIOS:
+        errors.append(
+            f"data.image_aspect_ratio={d.image_aspect_ratio!r} is not one of {list(ASPECT_RATIOS)}"
+        )
+    if d.max_images < 1:
+        errors.append(f"data.max_images={d.max_images} must be >= 1")
+    if d.synthetic is not None:
+        return  # generated before training when missing
+    needed = {"data.image_folder": d.image_folder}
+    for name in cfg.run_stages:
+        st = cfg.stages.get(name)
+        if st is None:
+            continue
+        if st.dataset == "pretrain" and d.pretrain_path is not None:
+            needed["data.pretrain_path"] = d.pretrain_path
+        else:
+            needed["data.train_path"] = d.train_path
+        if st.eval_after:
+            if d.test_path is None:
+                errors.append(f"stages.{name}.eval_after=true but data.test_path is not set")
+            else:
+                needed["data.test_path"] = d.test_path
+    for key, path in needed.items():
+        if not _is_remote(path) and not os.path.exists(path):
+            errors.append(f"{key}={path} does not exist")
+
+
+def _check_runtime(cfg: TrainConfig, errors: list[str]) -> None:
+    mesh = cfg.mesh
+    if min(mesh.data, mesh.fsdp, mesh.tensor, mesh.num_devices) < 1:
+        errors.append(f"mesh axes must be >= 1, got {mesh}")
+    elif mesh.data * mesh.fsdp * mesh.tensor != mesh.num_devices:
+        errors.append(
+            f"mesh.data={mesh.data} x mesh.fsdp={mesh.fsdp} x mesh.tensor={mesh.tensor} != "
+            f"mesh.num_devices={mesh.num_devices}"
+        )
+    if cfg.backend.name not in BACKENDS:
+        errors.append(f"backend.name={cfg.backend.name!r} is not one of {BACKENDS.names()}")
+    if cfg.backend.dtype not in DTYPES:
+        errors.append(f"backend.dtype={cfg.backend.dtype!r} is not one of {list(DTYPES)}")
+    if cfg.logger.wandb_mode not in ("offline", "online", "auto"):
+        errors.append(
+            f"logger.wandb_mode={cfg.logger.wandb_mode!r} is not one of ['offline', 'online', "
+            "'auto']"
+        )
+
+
+def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
+    """Raise ConfigError listing every cross-field problem of ``cfg`` (one line each)."""
+    import cambrian_train.backends  # noqa: F401  (fills BACKENDS)
+    import cambrian_train.models  # noqa: F401  (fills VISION_TOWERS, CONNECTORS, LLMS)
+
+    errors: list[str] = []
+    _check_model(cfg, errors)
+    _check_stages(cfg, errors)
+    _check_runtime(cfg, errors)
+    if check_paths:
+        _check_data(cfg, errors)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

@@ -1,0 +1,147 @@
+"""Map-style datasets: LLaVA records → :class:`Sample` (training) or eval prompts.
+
+A record that cannot be used is returned as :class:`Skipped` with a reason, never replaced by
+another sample; the loader counts reasons (data/loader.py) and ``data.strict`` turns the first
+one into an error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from PIL import UnidentifiedImageError
+
+from cambrian_train.data.images import load_image, tower_tensors
+from cambrian_train.data.records import RecordError
+from cambrian_train.data.templates import IMAGE_TAG, Template, Turn, parse_turns
+from cambrian_train.data.tokenize import Encoded, append_text, encode
+from cambrian_train.models.vision.base import ImageSpec
+
+
+@dataclass
+class Sample:
+    id: str
+    input_ids: List[int]
+    labels: List[int]
+    image_starts: List[int]
+    pixel_values: Dict[str, torch.Tensor]  # tower -> [n_images, 3, S, S]
+
+
+@dataclass
+class Skipped:
+    index: int
+    id: str
+    reason: str
+    detail: str
+
+
+@dataclass
+class ImageTextEncoder:
+    """What turns text + image paths into model inputs (shared by training and evaluation)."""
+
+    tokenizer: object
+    template: Template
+    image_specs: Dict[str, ImageSpec]
+    image_folder: str
+    slot_len: int
+    max_images: int
+    max_length: int
+    aspect_ratio: str = "pad"
+    system_prompt: Optional[str] = None
+
+    @property
+    def placeholder_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def load_images(self, paths: List[str]) -> Dict[str, torch.Tensor]:
+        """Decode and preprocess; RecordError missing_image / bad_image."""
+        per_tower: Dict[str, list] = {name: [] for name in self.image_specs}
+        for rel in paths:
+            path = os.path.join(self.image_folder, rel)
+            if not os.path.isfile(path):
+                raise RecordError("missing_image", path)
+            try:
+                img = load_image(path)
+            except (UnidentifiedImageError, OSError, ValueError) as err:
+                raise RecordError("bad_image", f"{path}: {err}") from None
+            for name, tensor in tower_tensors(img, self.image_specs, self.aspect_ratio).items():
+                per_tower[name].append(tensor)
+        return {
+            name: torch.stack(ts) if ts else torch.zeros(0, 3, s.image_size, s.image_size)
+            for (name, ts), s in zip(per_tower.items(), self.image_specs.values())
+        }
+
+    def encode_turns(self, turns: List[Turn]) -> Encoded:
+        """A training conversation with its labels."""
+        return encode(
+            turns,
+            self.template,
+            self.tokenizer,
+            self.slot_len,
+            self.placeholder_id,
+            self.max_length,
+            self.system_prompt,
+        )
+
+    def encode_prompt(self, question: str) -> Encoded:
+        """A generation prompt for one user question (may contain <image>); no labels."""
+        out = Encoded()
+        text = self.template.generation_prompt(question, self.system_prompt)
+        append_text(out, text, False, self.tokenizer, self.slot_len, self.placeholder_id)
+        if len(out.input_ids) > self.max_length:
+            raise RecordError("too_long", f"prompt of {len(out.input_ids)} tokens")
+        return out
+
+
+def record_images(record: dict) -> List[str]:
+    image = record.get("image")
+    if image is None:
+        return []
+    images = image if isinstance(image, list) else [image]
+    if not all(isinstance(p, str) for p in images):
+        raise RecordError("bad_record", f"'image' must be a path or a list of paths: {image!r}")
+    return images
+
+
+class SupervisedDataset(torch.utils.data.Dataset):
+    """Training samples from LLaVA records."""
+
+    def __init__(self, records: Sequence, encoder: ImageTextEncoder):
+        self.records = records
+        self.encoder = encoder
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Union[Sample, Skipped]:
+        record_id = f"#{index}"
+        try:
+            record = self.records[index]
+            if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+                raise RecordError("bad_record", "not a dict with a 'conversations' list")
+            record_id = str(record.get("id", record_id))
+            return self._sample(record, record_id)
+        except RecordError as err:
+            return Skipped(index, record_id, err.reason, err.detail)
+
+    def _sample(self, record: dict, record_id: str) -> Sample:
+        try:
+            turns = parse_turns(record["conversations"], record_id)
+        except ValueError as err:
+            raise RecordError("unknown_role", str(err)) from None
+        if not any(t.role == "assistant" for t in turns):
+            raise RecordError("no_assistant_turn", "no 'gpt' turn")
+        images = record_images(record)
+        tags = sum(t.text.count(IMAGE_TAG) for t in turns)
+        if tags != len(images):
+            raise RecordError("image_count_mismatch", f"{tags} <image> tags for {len(images)} images")
+        if len(images) > self.encoder.max_images:
+            raise RecordError(
+                "too_many_images", f"{len(images)} images > data.max_images={self.encoder.max_images}"
+            )
+        encoded = self.encoder.encode_turns(turns)
+        pixel_values = self.encoder.load_images(images)
+        return Sample(record_id, encoded.input_ids, encoded.labels, encoded.image_starts, pixel_values)

@@ -1,0 +1,55 @@
+"""Image loading and per-tower preprocessing (pad-to-square or resize, then normalise).
+
+Each tower's :class:`ImageSpec` (size, mean, std from its own processor) drives the transform, so
+several towers with different resolutions and statistics are fed from one decoded image.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from cambrian_train.models.vision.base import ImageSpec
+
+
+def load_image(path: str) -> Image.Image:
+    """Decode an image as RGB, honouring EXIF orientation; PIL errors propagate to the caller."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "P"):
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, img)
+        return img.convert("RGB")
+
+
+def pad_to_square(img: Image.Image, fill: tuple) -> Image.Image:
+    """Centre ``img`` on a square canvas of its longer side filled with ``fill``."""
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def to_tensor(img: Image.Image, spec: ImageSpec, aspect_ratio: str) -> torch.Tensor:
+    """RGB image → normalised [3, S, S] float tensor for one tower."""
+    if aspect_ratio == "pad":
+        img = pad_to_square(img, tuple(int(round(m * 255)) for m in spec.mean))
+    elif aspect_ratio != "resize":
+        raise ValueError(f"image_aspect_ratio={aspect_ratio!r} is not one of ['pad', 'resize']")
+    img = img.resize((spec.image_size, spec.image_size), Image.Resampling.BICUBIC)
+    array = np.asarray(img, dtype=np.float32) / 255.0  # [S, S, 3]
+    array = (array - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def tower_tensors(
+    img: Image.Image, specs: Dict[str, ImageSpec], aspect_ratio: str
+) -> Dict[str, torch.Tensor]:
+    return {name: to_tensor(img, spec, aspect_ratio) for name, spec in specs.items()}

@@ -1,0 +1,120 @@
+"""Short-answer VQA evaluation (the demo's held-out set, or any file in the same format).
+
+Test file: JSONL (or JSON list) of ``{"id", "image", "question", "answer", "choices"?}``.
+Score: exact match of the normalised greedy answer. Baselines that need no model: the majority
+answer overall, and the majority answer per question text (the text-only prior).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import string
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
+
+import torch
+
+from cambrian_train.data.collate import collate
+from cambrian_train.data.dataset import ImageTextEncoder, Sample
+from cambrian_train.data.records import RecordError, open_records
+from cambrian_train.data.templates import IMAGE_TAG
+from cambrian_train.infer.generate import generate
+
+log = logging.getLogger(__name__)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and articles, collapse spaces."""
+    text = text.lower().strip()
+    text = text.translate(str.maketrans("", "", string.punctuation))
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+@dataclass
+class Question:
+    id: str
+    image: str
+    question: str
+    answer: str
+    choices: List[str]
+
+
+def load_questions(path: str) -> List[Question]:
+    """Read and check a test file; a malformed entry is an error naming it."""
+    questions = []
+    records = open_records(path)
+    for i in range(len(records)):
+        try:
+            rec = records[i]
+        except RecordError as err:
+            raise ValueError(f"test file {path}: {err}") from None
+        missing = [k for k in ("image", "question", "answer") if k not in rec]
+        if missing:
+            raise ValueError(f"test file {path}: entry {i} ({rec.get('id')}) lacks {missing}")
+        questions.append(
+            Question(
+                str(rec.get("id", i)),
+                rec["image"],
+                rec["question"],
+                str(rec["answer"]),
+                [str(c) for c in rec.get("choices", [])],
+            )
+        )
+    if not questions:
+        raise ValueError(f"test file {path} holds no question")
+    return questions
+
+
+def baselines(questions: Sequence[Question]) -> Dict[str, float]:
+    """Accuracy of answering the overall majority answer / the majority answer per question."""
+    answers = [normalize_answer(q.answer) for q in questions]
+    overall = Counter(answers).most_common(1)[0][1] / len(answers)
+    by_text: Dict[str, Counter] = defaultdict(Counter)
+    for q, a in zip(questions, answers):
+        by_text[q.question][a] += 1
+    prior = sum(c.most_common(1)[0][1] for c in by_text.values()) / len(answers)
+    return {"majority_class": overall, "majority_per_question": prior}
+
+
+@torch.no_grad()
+def evaluate_vqa(
+    model,
+    encoder: ImageTextEncoder,
+    questions: Sequence[Question],
+    device: torch.device,
+    batch_size: int = 16,
+    max_new_tokens: int = 8,
+) -> Dict[str, object]:
+    """Greedy answers for every question; returns accuracy and per-question predictions."""
+    was_training = model.training
+    model.eval()
+    predictions = []
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start : start + batch_size]
+        samples = []
+        for q in chunk:
+            prompt = q.question if IMAGE_TAG in q.question else f"{IMAGE_TAG}\n{q.question}"
+            enc = encoder.encode_prompt(prompt)
+            pixels = encoder.load_images([q.image])
+            samples.append(Sample(q.id, enc.input_ids, enc.labels, enc.image_starts, pixels))
+        seq_len = max(len(s.input_ids) for s in samples)
+        batch = collate(
+            samples,
+            seq_len,
+            encoder.max_images,
+            encoder.slot_len,
+            encoder.tokenizer.pad_token_id,
+            encoder.image_specs,
+            left_pad=True,
+        ).to(device)
+        answers = generate(model, batch, encoder.tokenizer, max_new_tokens)
+        for q, text in zip(chunk, answers):
+            correct = normalize_answer(text) == normalize_answer(q.answer)
+            predictions.append({"id": q.id, "prediction": text, "answer": q.answer, "correct": correct})
+    model.train(was_training)
+    accuracy = sum(p["correct"] for p in predictions) / len(predictions)
+    return {"accuracy": accuracy, "count": len(predictions), "predictions": predictions}

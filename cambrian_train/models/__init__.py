@@ -1,0 +1,27 @@
+"""Model construction: towers, connector and LLM from their registries into one VLM."""
+
+from __future__ import annotations
+
+from cambrian_train.config.schema import ModelConfig
+from cambrian_train.models import llm as _llm  # noqa: F401  (fills LLMS)
+from cambrian_train.models.connectors import mlp as _mlp  # noqa: F401  (fills CONNECTORS)
+from cambrian_train.models.vision import hf as _hf  # noqa: F401  (fills VISION_TOWERS)
+from cambrian_train.models.vlm import VisionLanguageModel
+from cambrian_train.registry import CONNECTORS, LLMS, VISION_TOWERS
+
+
+def build_model(cfg: ModelConfig) -> VisionLanguageModel:
+    """Load the LLM and towers through ``from_pretrained`` and build a fresh connector."""
+    llm = LLMS.get(cfg.llm.source)(cfg.llm)
+    towers = {
+        name: VISION_TOWERS.get(tower.source)(tower, dtype=cfg.llm.dtype)
+        for name, tower in cfg.towers.items()
+    }
+    connector = CONNECTORS.get(cfg.connector.name)(
+        cfg.connector,
+        tower_sizes={name: t.hidden_size for name, t in towers.items()},
+        tower_tokens={name: t.num_tokens for name, t in towers.items()},
+        llm_hidden_size=llm.config.hidden_size,
+        image_token_len=cfg.image_token_len,
+    )
+    return VisionLanguageModel(cfg, towers, connector, llm)

@@ -1,0 +1,54 @@
+"""Decoder LLMs from ``transformers``: loading and the few handles the VLM needs.
+
+Any HF causal LM whose decoder layers form a ModuleList works; its depth and width are checked
+against the config fields that pre-flight validation relied on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from cambrian_train.config.schema import LLMConfig
+from cambrian_train.registry import LLMS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@LLMS.register("hf_causal_lm")
+def load_causal_lm(cfg: LLMConfig) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained(cfg.checkpoint)`` with depth/width checks."""
+    model = AutoModelForCausalLM.from_pretrained(cfg.checkpoint, dtype=DTYPES[cfg.dtype])
+    config = model.config
+    if config.num_hidden_layers != cfg.num_layers:
+        raise ValueError(
+            f"model.llm.num_layers={cfg.num_layers} but {cfg.checkpoint} has "
+            f"{config.num_hidden_layers} decoder layers"
+        )
+    if config.hidden_size != cfg.hidden_size:
+        raise ValueError(
+            f"model.llm.hidden_size={cfg.hidden_size} but {cfg.checkpoint} has width "
+            f"{config.hidden_size}"
+        )
+    decoder_layers(model)  # fails early for models without a layer list
+    return model
+
+
+def load_tokenizer(cfg: LLMConfig):
+    """The LLM's tokenizer (``cfg.tokenizer`` or the checkpoint directory)."""
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.checkpoint)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The decoder's layer list (``model.model.layers`` for Llama, Qwen2, Mistral, …)."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"{type(model).__name__}: decoder layers are not an nn.ModuleList at "
+            "get_decoder().layers; this LLM family is not supported"
+        )
+    return layers

@@ -1,0 +1,64 @@
+"""Vision towers from ``transformers``: CLIP and SigLIP vision encoders.
+
+Weights load with ``from_pretrained`` (hub name or local directory) and the image mean/std with
+``AutoImageProcessor.from_pretrained`` from the same checkpoint, so the data pipeline never
+duplicates normalisation constants.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoImageProcessor, CLIPVisionModel, SiglipVisionModel
+
+from cambrian_train.config.schema import VisionTowerConfig
+from cambrian_train.models.vision.base import ImageSpec, VisionTower
+from cambrian_train.registry import VISION_TOWERS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class HFVisionTower(VisionTower):
+    """A HF vision encoder; features come from ``hidden_states[select_layer]``."""
+
+    model_class = CLIPVisionModel
+    has_cls_token = True
+
+    def __init__(self, cfg: VisionTowerConfig, dtype: str = "float32"):
+        model = self.model_class.from_pretrained(cfg.checkpoint, dtype=DTYPES[dtype])
+        vision_cfg = model.config
+        if vision_cfg.image_size != cfg.image_size:
+            raise ValueError(
+                f"tower {cfg.checkpoint}: image_size={cfg.image_size} in the config but the "
+                f"checkpoint was trained at {vision_cfg.image_size}"
+            )
+        layers = vision_cfg.num_hidden_layers
+        if not -layers - 1 <= cfg.select_layer <= layers:
+            raise ValueError(
+                f"tower {cfg.checkpoint}: select_layer={cfg.select_layer} is outside the "
+                f"{layers + 1} hidden states of the checkpoint"
+            )
+        processor = AutoImageProcessor.from_pretrained(cfg.checkpoint)
+        spec = ImageSpec(
+            image_size=cfg.image_size,
+            mean=tuple(float(v) for v in processor.image_mean),
+            std=tuple(float(v) for v in processor.image_std),
+        )
+        super().__init__(cfg, vision_cfg.hidden_size, spec)
+        self.model = model
+
+    def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=pixel_values.to(self.model.dtype), output_hidden_states=True)
+        hidden = out.hidden_states[self.cfg.select_layer]  # [N, (1+)P, C]
+        return hidden[:, 1:] if self.has_cls_token else hidden
+
+
+@VISION_TOWERS.register("hf_clip")
+class CLIPTower(HFVisionTower):
+    model_class = CLIPVisionModel
+    has_cls_token = True
+
+
+@VISION_TOWERS.register("hf_siglip")
+class SiglipTower(HFVisionTower):
+    model_class = SiglipVisionModel
+    has_cls_token = False

@@ -1,0 +1,97 @@
+"""VisionLanguageModel: vision towers → connector (+ row newlines) → decoder LLM.
+
+``forward(batch)`` returns the mean next-token loss over supervised tokens. Vision tokens are
+computed for every image slot (static shapes) and written into the token embeddings at
+``batch.vision_positions``; empty slots are never written.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from cambrian_train.batch import Batch
+from cambrian_train.config.schema import ModelConfig
+from cambrian_train.models.multimodal import scatter_at
+from cambrian_train.models.vision.base import ImageSpec, VisionTower
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        towers: Dict[str, VisionTower],
+        connector: nn.Module,
+        llm: PreTrainedModel,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.towers = nn.ModuleDict(towers)
+        self.connector = connector
+        self.llm = llm
+        hidden = llm.config.hidden_size
+        self.side = math.isqrt(cfg.image_token_len)
+        if cfg.image_newline:
+            self.image_newline = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
+        else:
+            self.register_parameter("image_newline", None)
+
+    @property
+    def slot_len(self) -> int:
+        """Sequence positions per image: h*(w+1) with newlines, else h*w."""
+        return self.side * (self.side + int(self.image_newline is not None))
+
+    def image_specs(self) -> Dict[str, ImageSpec]:
+        return {name: tower.image_spec for name, tower in self.towers.items()}
+
+    def param_groups(self) -> Dict[str, List[nn.Parameter]]:
+        """Parameters by training group: connector (with newline), sva, llm, towers."""
+        sva_ids = {id(p) for p in getattr(self.connector, "sva_parameters", list)()}
+        connector = [p for p in self.connector.parameters() if id(p) not in sva_ids]
+        if self.image_newline is not None:
+            connector.append(self.image_newline)
+        return {
+            "connector": connector,
+            "sva": [p for p in self.connector.parameters() if id(p) in sva_ids],
+            "llm": list(self.llm.parameters()),
+            "towers": [p for t in self.towers.values() for p in t.parameters()],
+        }
+
+    def encode_images(self, pixel_values: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """{tower: [N, 3, S, S]} → vision tokens [N, slot_len, D] (rows closed by newlines)."""
+        features = {name: tower(pixel_values[name]) for name, tower in self.towers.items()}
+        tokens = self.connector(features)  # [N, h*w, D]
+        if self.image_newline is None:
+            return tokens
+        n, _, d = tokens.shape
+        grid = tokens.reshape(n, self.side, self.side, d)
+        newline = self.image_newline.to(tokens.dtype).expand(n, self.side, 1, d)
+        return torch.cat([grid, newline], dim=2).reshape(n, self.slot_len, d)
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """Token embeddings with vision tokens scattered in: [B, L, D]."""
+        b, i = batch.image_mask.shape
+        flat = {k: v.flatten(0, 1) for k, v in batch.pixel_values.items()}  # [B*I, 3, S, S]
+        vision = self.encode_images(flat)  # [B*I, Q, D]
+        vision = vision.reshape(b, i, self.slot_len, -1)
+        embeds = self.llm.get_input_embeddings()(batch.input_ids)  # [B, L, D]
+        return scatter_at(embeds, batch.vision_positions, vision, batch.image_mask)
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        embeds = self.embed(batch)
+        out = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False)
+        return out.logits  # [B, L, V]
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Mean cross-entropy over supervised next tokens (labels -100 ignored)."""
+        logits = self.logits(batch)
+        return F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(),
+            batch.labels[:, 1:].flatten(),
+            ignore_index=-100,
+        )

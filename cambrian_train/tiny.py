@@ -1,0 +1,190 @@
+"""Tiny random-init checkpoints of real model families, for CPU tests and the demo.
+
+Nothing can be downloaded here, so the tiny presets point at directories generated on first use
+(deterministically, from fixed seeds) with the libraries' own ``save_pretrained``. They are then
+loaded through exactly the same ``from_pretrained`` code that loads a hub checkpoint. The config
+resolver ``${tiny_asset:NAME}`` returns (and if needed creates) the directory of asset NAME.
+
+Assets: ``tokenizer`` (byte-level BPE with a Llama-3-style chat template), ``llama`` (HF Llama),
+``clip`` (HF CLIP vision tower + image processor), ``siglip`` (HF SigLIP vision tower + processor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<pad>",
+    "<image>",
+]
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] "
+    "+ '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+LLAMA_SPEC = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+VISION_SPEC = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4
+)
+VISION_IMAGE_SIZE = 64
+VISION_PATCH_SIZE = 8
+VOCAB_SIZE = 1024
+_CORPUS_WORDS = (
+    "a an the and or of in on at to is are was be this that what which how many there image "
+    "picture shows describe briefly answer with single word phrase question color colour shape "
+    "shapes red green blue yellow purple orange black white grey gray circle square triangle "
+    "one two three four five 1 2 3 4 5 6 7 8 9 0 left right top bottom middle small large big "
+    "written text letter cat dog sun box map cup hat yes no you i it is can see it's . , ? ! : "
+    "user assistant system hello thanks please model vision language token"
+)
+
+
+def tiny_root() -> Path:
+    """Where tiny assets live: $CAMBRIAN_TINY_DIR or ~/.cache/cambrian-train/tiny/<spec hash>."""
+    base = os.environ.get("CAMBRIAN_TINY_DIR")
+    if base:
+        return Path(base)
+    spec = json.dumps([LLAMA_SPEC, VISION_SPEC, VOCAB_SIZE, SPECIAL_TOKENS, _CORPUS_WORDS])
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:10]
+    return Path.home() / ".cache" / "cambrian-train" / "tiny" / digest
+
+
+def build_tokenizer(out: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    words = _CORPUS_WORDS.split()
+    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
+    tok.train_from_iterator(corpus * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    fast.chat_template = LLAMA3_CHAT_TEMPLATE
+    fast.save_pretrained(out)
+
+
+def build_llama(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(ensure_asset("tokenizer"))
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **LLAMA_SPEC,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def build_clip(out: Path) -> None:
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(
+        image_size=VISION_IMAGE_SIZE, patch_size=VISION_PATCH_SIZE, **VISION_SPEC
+    )
+    torch.manual_seed(1)
+    CLIPVisionModel(config).save_pretrained(out)
+    size = {"shortest_edge": VISION_IMAGE_SIZE}
+    crop = {"height": VISION_IMAGE_SIZE, "width": VISION_IMAGE_SIZE}
+    CLIPImageProcessor(size=size, crop_size=crop).save_pretrained(out)
+
+
+def build_siglip(out: Path) -> None:
+    import torch
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    config = SiglipVisionConfig(
+        image_size=VISION_IMAGE_SIZE, patch_size=VISION_PATCH_SIZE, **VISION_SPEC
+    )
+    torch.manual_seed(2)
+    SiglipVisionModel(config).save_pretrained(out)
+    size = {"height": VISION_IMAGE_SIZE, "width": VISION_IMAGE_SIZE}
+    SiglipImageProcessor(size=size).save_pretrained(out)
+
+
+BUILDERS: Dict[str, Callable[[Path], None]] = {
+    "tokenizer": build_tokenizer,
+    "llama": build_llama,
+    "clip": build_clip,
+    "siglip": build_siglip,
+}
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_asset(name: str) -> str:
+    """Return the directory of tiny asset ``name``, building it first if missing.
+
+    Builds into a temporary directory renamed into place, under a file lock, so concurrent
+    processes (torchrun ranks, pytest workers) never see a half-written checkpoint.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"tiny asset {name!r} is not one of {sorted(BUILDERS)}")
+    root = tiny_root()
+    target = root / name
+    if target.is_dir():
+        return str(target)
+    with _locked(root / f".{name}.lock"):
+        if not target.is_dir():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+            try:
+                BUILDERS[name](tmp)
+                os.rename(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            log.info("built tiny asset %s at %s", name, target)
+    return str(target)

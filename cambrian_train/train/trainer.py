@@ -1,0 +1,142 @@
+"""The training loop of one stage: accumulation, clipping, schedule, logging.
+
+Values are read back to the host only on logging steps (per-step losses are kept as tensors
+until then), so the same loop serves eager CPU/GPU and lazily traced XLA.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterator, List
+
+import torch
+from tqdm import tqdm
+
+from cambrian_train.backends.base import Backend
+from cambrian_train.batch import Batch
+from cambrian_train.config.schema import StageConfig
+from cambrian_train.train.metrics import RunLogger
+from cambrian_train.train.optim import build_optimizer, build_scheduler
+from cambrian_train.train.stage import ParamGroup, count_params, lr_scale
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    name: str
+    steps: int
+    first_loss: float
+    final_loss: float
+    seconds: float
+    samples_per_s: float
+    tokens_per_s: float
+
+
+def planned_steps(stage: StageConfig, num_records: int) -> int:
+    """Optimiser steps: ``max_steps``, or ceil(records × epochs / global batch)."""
+    if stage.max_steps is not None:
+        return stage.max_steps
+    return max(1, math.ceil(num_records * stage.epochs / stage.global_batch_size))
+
+
+def train_stage(
+    stage: StageConfig,
+    model: torch.nn.Module,
+    groups: List[ParamGroup],
+    backend: Backend,
+    stream: Iterator[Batch],
+    total_steps: int,
+    run_logger: RunLogger,
+) -> StageResult:
+    """Run ``total_steps`` optimiser steps of ``stage`` on an already prepared model."""
+    scale = lr_scale(stage)
+    if stage.base_batch_size is not None:
+        log.info(
+            "lr scaling: global batch %d vs base batch %d -> lr x %.4f",
+            stage.global_batch_size,
+            stage.base_batch_size,
+            scale,
+        )
+    for g in groups:
+        log.info("group %-18s lr %.3g  params %d", g.name, g.lr, sum(p.numel() for p in g.params))
+    log.info(
+        "stage %s: %d steps, trainable %d / %d params",
+        stage.name,
+        total_steps,
+        count_params(model, trainable_only=True),
+        count_params(model),
+    )
+    optimizer = build_optimizer(groups, stage)
+    scheduler = build_scheduler(optimizer, stage, total_steps)
+    params = [p for g in groups for p in g.params]
+    if stage.gradient_checkpointing:
+        model.llm.gradient_checkpointing_enable({"use_reentrant": False})
+    model.train()
+
+    bar = tqdm(total=total_steps, desc=stage.name, disable=not (backend.is_main and run_logger.cfg.progress_bar))
+    pending: List[torch.Tensor] = []
+    first_loss = final_loss = float("nan")
+    samples = tokens = 0
+    start = window_start = time.perf_counter()
+    window_tokens = window_samples = 0
+    for step in range(total_steps):
+        step_loss = torch.zeros((), device=backend.device)
+        for _ in range(stage.grad_accum_steps):
+            batch = next(stream)
+            n_tokens = int(batch.attention_mask.sum())  # host-side, before the move
+            window_tokens += n_tokens
+            window_samples += batch.batch_size
+            batch = backend.move_batch(batch)
+            with backend.autocast():
+                loss = model(batch)
+            (loss / stage.grad_accum_steps).backward()
+            step_loss += loss.detach() / stage.grad_accum_steps
+        grad_norm = backend.clip_grad_norm(params, stage.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        backend.step_done()
+        pending.append(step_loss)
+        bar.update(1)
+
+        last = step + 1 == total_steps
+        if (step + 1) % stage.log_every == 0 or last or step == 0:
+            losses = torch.stack(pending).float().cpu().tolist()  # the one host sync
+            first_step = step + 1 - len(losses)
+            for k, value in enumerate(losses[:-1]):
+                run_logger.log(stage.name, first_step + k + 1, {"loss": value})
+            pending = []
+            elapsed = time.perf_counter() - window_start
+            metrics = {
+                "loss": losses[-1],
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": window_tokens / elapsed,
+                "samples_per_s": window_samples / elapsed,
+                **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups},
+            }
+            run_logger.log(stage.name, step + 1, metrics)
+            if step == 0:
+                first_loss = losses[0]
+            final_loss = losses[-1]
+            tokens += window_tokens
+            samples += window_samples
+            window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
+            lr = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{final_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            if not bar.disable and (step + 1) % stage.log_every == 0:
+                bar.write(
+                    f"[{stage.name}] step {step + 1}/{total_steps} loss {final_loss:.4f} "
+                    f"lr {lr:.2e} grad_norm {metrics['grad_norm']:.3f} "
+                    f"tokens/s {metrics['tokens_per_s']:.0f}"
+                )
+    bar.close()
+    seconds = time.perf_counter() - start
+    if stage.gradient_checkpointing:
+        model.llm.gradient_checkpointing_disable()
+    return StageResult(
+        stage.name, total_steps, first_loss, final_loss, seconds, samples / seconds, tokens / seconds
+    )

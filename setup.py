@@ -1,0 +1,40 @@
+"""Distribution ``cambrian-train`` (import name ``cambrian_train``)."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "torch>=2.4",
+    "transformers>=5.0,<6",
+    "timm>=1.0,<1.1",
+    "open_clip_torch>=3.0,<4",
+    "einops>=0.8",
+    "wandb>=0.19",
+    "hydra-core>=1.3,<1.4",
+    "pillow>=10",
+    "safetensors>=0.4",
+    "tokenizers>=0.21",
+    "tqdm>=4.66",
+    "numpy>=1.26",
+    "matplotlib>=3.8",
+]
+EXTRAS = {
+    # Development and CI: the CPU wheels of torch + torch_xla give real XLA SPMD on CPU.
+    "xla": ["torch==2.9.0", "torch_xla==2.9.0", "torchvision==0.24.0"],
+    # TPU VMs: torch_xla with libtpu.
+    "tpu": ["torch==2.9.0", "torch_xla[tpu]==2.9.0", "torchvision==0.24.0"],
+    "gpu": ["torch==2.9.0", "torchvision==0.24.0"],
+    "dev": ["pytest>=8", "ruff>=0.6"],
+}
+
+setup(
+    name="cambrian-train",
+    version="0.1.0",
+    description="Training framework for vision-connector multimodal LLMs (Cambrian-1 style)",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["cambrian_train", "cambrian_train.*"]),
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["cambrian-train=cambrian_train.cli:main"]},
+)
