@@ -110,7 +110,8 @@ class StageConfig:
     train_llm: bool = False  # connector always trains; towers follow tower.trainable
     dataset: str = "train"  # train | pretrain: which data path this stage reads
     template: Optional[str] = None  # chat template; None = model.llm.template
-    init_from: Optional[str] = None  # run dir or checkpoint dir whose connector initialises this stage
+    init_from: Optional[str] = None  # checkpoint dir whose connector initialises this stage
+    require_init: bool = False  # true: error when run first without init_from
     global_batch_size: int = MISSING
     per_device_batch_size: int = MISSING
     grad_accum_steps: int = 1

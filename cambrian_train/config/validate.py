@@ -123,9 +123,15 @@ def _check_stages(cfg: TrainConfig, errors: list[str]) -> None:
         errors.append("run_stages is empty: name at least one of stages")
     dp = data_parallel_size(cfg)
     slot = vision_slot_len(cfg.model.image_token_len, cfg.model.image_newline)
-    for name in cfg.run_stages:
+    for k, name in enumerate(cfg.run_stages):
         if name not in cfg.stages:
             errors.append(f"run_stages entry {name!r} is not in stages {sorted(cfg.stages)}")
+        elif k == 0 and cfg.stages[name].require_init and cfg.stages[name].init_from is None:
+            errors.append(
+                f"stages.{name}.init_from is not set and no earlier stage runs: point it at a "
+                f"stage-1 checkpoint, or set stages.{name}.require_init=false to start from a "
+                "freshly initialised connector"
+            )
     for name, st in cfg.stages.items():
         key = f"stages.{name}"
         product = st.per_device_batch_size * st.grad_accum_steps * dp

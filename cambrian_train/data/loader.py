@@ -23,7 +23,8 @@ class DataError(ValueError):
 
 
 class SkipStats:
-    """Counts skipped records by reason and keeps the first ids of each."""
+    """Counts skips by reason (each occurrence: a record bad in two epochs counts twice) and
+    keeps the first distinct ids of each reason."""
 
     def __init__(self, strict: bool = False, keep_ids: int = 5):
         self.strict = strict
@@ -37,7 +38,7 @@ class SkipStats:
             raise DataError(message + " [data.strict=true]")
         self.counts[skipped.reason] += 1
         ids = self.ids.setdefault(skipped.reason, [])
-        if len(ids) < self.keep_ids:
+        if len(ids) < self.keep_ids and skipped.id not in ids:
             ids.append(skipped.id)
             log.warning(message)
 

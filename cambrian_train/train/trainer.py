@@ -77,7 +77,8 @@ def train_stage(
         model.llm.gradient_checkpointing_enable({"use_reentrant": False})
     model.train()
 
-    bar = tqdm(total=total_steps, desc=stage.name, disable=not (backend.is_main and run_logger.cfg.progress_bar))
+    show_bar = backend.is_main and run_logger.cfg.progress_bar
+    bar = tqdm(total=total_steps, desc=stage.name, disable=not show_bar)
     pending: List[torch.Tensor] = []
     first_loss = final_loss = float("nan")
     samples = tokens = 0
@@ -126,13 +127,19 @@ def train_stage(
             samples += window_samples
             window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
             lr = optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{final_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-            if not bar.disable and (step + 1) % stage.log_every == 0:
-                bar.write(
+            bar.set_postfix(
+                loss=f"{final_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}"
+            )
+            if (step + 1) % stage.log_every == 0 or last:
+                line = (
                     f"[{stage.name}] step {step + 1}/{total_steps} loss {final_loss:.4f} "
                     f"lr {lr:.2e} grad_norm {metrics['grad_norm']:.3f} "
                     f"tokens/s {metrics['tokens_per_s']:.0f}"
                 )
+                if show_bar:
+                    bar.write(line)
+                else:
+                    log.info("%s", line)
     bar.close()
     seconds = time.perf_counter() - start
     if stage.gradient_checkpointing:

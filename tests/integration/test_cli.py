@@ -1,0 +1,70 @@
+"""The real command line: a short two-stage run and the user-error paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from cambrian_train.train.checkpoint import tensors_digest
+
+pytestmark = pytest.mark.integration
+
+
+def cli(args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "cambrian_train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_two_stage_run_writes_everything(tiny_overrides, tmp_path):
+    overrides = [o for o in tiny_overrides if not o.startswith("logger.wandb")]
+    proc = cli([*overrides, "logger.wandb=true", "logger.wandb_mode=offline"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["stages"]) == {"pretrain", "finetune"}
+    assert 0.0 <= results["baselines"]["majority_per_question"] <= 1.0
+    for stage in ("pretrain", "finetune"):
+        assert results["stages"][stage]["eval"]["count"] == 8
+        assert (run / stage / "checkpoint" / "connector.safetensors").is_file()
+        assert (run / stage / "predictions.jsonl").is_file()
+    # stage 2 started from exactly the connector stage 1 saved
+    stage1 = load_file(str(run / "pretrain" / "checkpoint" / "connector.safetensors"))
+    assert results["stages"]["finetune"]["init_digest"] == tensors_digest(stage1)
+    assert results["stages"]["pretrain"]["init_digest"] is None
+    # stage 1 saved only connector weights; stage 2 also the LLM
+    assert all(k.startswith("connector.") or k == "image_newline"
+               for k in load_file(str(run / "pretrain" / "checkpoint" / "trainable.safetensors")))
+    assert any(k.startswith("llm.")
+               for k in load_file(str(run / "finetune" / "checkpoint" / "trainable.safetensors")))
+    assert (run / "loss_curve.png").stat().st_size > 1000
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert list((run / "wandb").glob("offline-run-*"))
+    assert "after finetune" in proc.stdout and "majority" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model.nonexistent=1"], "nonexistent"),
+        (["model=cambrian_99b"], "cambrian_99b"),
+        (["data=llava", "data.train_path=/no/such.jsonl", "data.image_folder=/tmp"],
+         "data.train_path=/no/such.jsonl does not exist"),
+        (["experiment=demo", "model.towers.clip.num_tokens=10"],
+         "model.towers.clip.num_tokens=10 is not a perfect square"),
+    ],
+)
+def test_user_errors_are_one_clear_line(args, message, tmp_path):
+    proc = cli([*args, f"output_dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert message in output
+    assert "Traceback" not in output

@@ -1,0 +1,154 @@
+"""Config composition, the paper presets' values, and pre-flight validation errors."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import HydraException
+from omegaconf.errors import ConfigKeyError
+
+from cambrian_train.cli import CONFIG_DIR
+from cambrian_train.config.schema import TrainConfig
+from cambrian_train.config.validate import ConfigError, validate
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+PAPER_DATA = ["data.train_path=/data/train.jsonl", "data.image_folder=/data/images"]
+PAPER = {  # size: (global batch, finetune lr, llm layers)
+    "8b": (512, 4e-5, 32),
+    "13b": (512, 4e-5, 40),
+    "34b": (1024, 2e-5, 60),
+}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(compose, name):
+    overrides = [f"experiment={name}"]
+    if name.startswith("cambrian"):
+        overrides += PAPER_DATA
+    if "finetune" in name:
+        overrides.append("stages.finetune.init_from=/ckpt/pretrain/checkpoint")
+    cfg = compose(overrides)
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.name == name
+    for stage in cfg.run_stages:
+        assert stage in cfg.stages
+
+
+def test_demo_and_default_validate(compose):
+    compose(["experiment=demo"], validate_it=True)
+    compose([], validate_it=True)
+
+
+@pytest.mark.parametrize("size", sorted(PAPER))
+def test_paper_values(compose, size):
+    batch, ft_lr, layers = PAPER[size]
+    pre = compose([f"experiment=cambrian{size}_pretrain_v4_512", *PAPER_DATA])
+    fine = compose(
+        [f"experiment=cambrian{size}_finetune_v4_512", "stages.finetune.init_from=/x", *PAPER_DATA]
+    )
+    m = pre.model
+    assert {n: (t.num_tokens, t.image_size) for n, t in m.towers.items()} == {
+        "siglip": (576, 384),
+        "clip": (576, 336),
+        "dino": (576, 378),
+        "convnext": (9216, 1024),
+    }
+    assert m.towers["convnext"].multi_stage and m.image_token_len == 576
+    c = m.connector
+    assert (c.name, c.num_query_group, c.query_num_list, c.connector_depth) == ("sva", 1, [576], 3)
+    assert c.vision_hidden_size == 1024
+    assert (c.insert.count, c.insert.start, c.insert.stride) == (10, 0, 3)
+    assert m.llm.num_layers == layers
+    p = pre.stages["pretrain"]
+    assert pre.run_stages == ["pretrain"] and not p.train_llm
+    assert (p.global_batch_size, p.lr, p.sva_lr, p.warmup_ratio) == (batch, 1e-3, 1e-4, 0.06)
+    assert (p.lr_schedule, p.epochs, p.max_length, p.weight_decay) == ("cosine", 1, 2048, 0.0)
+    assert p.per_device_batch_size * p.grad_accum_steps * pre.mesh.fsdp == batch
+    f = fine.stages["finetune"]
+    assert fine.run_stages == ["finetune"] and f.train_llm
+    assert (f.global_batch_size, f.lr, f.warmup_ratio, f.max_length) == (batch, ft_lr, 0.03, 2048)
+    assert pre.mesh.num_devices == 256 and pre.backend.name == "xla_spmd"
+
+
+def test_finetune_experiment_requires_init_from(compose):
+    cfg = compose(["experiment=cambrian8b_finetune_v4_512", *PAPER_DATA])
+    assert "stages.finetune.init_from is not set and no earlier stage runs" in _errors(cfg)
+    demo = compose(["experiment=demo", "run_stages=[finetune]", "stages.finetune.require_init=false"])
+    validate(demo, check_paths=False)
+
+
+def test_tower_dict_add_drop_override(compose):
+    cfg = compose(
+        [
+            "model.towers.clip.num_tokens=16",
+            "+model/vision_tower@model.towers.sig=tiny_siglip",
+        ]
+    )
+    assert set(cfg.model.towers) == {"clip", "sig"}
+    assert cfg.model.towers["sig"].source == "hf_siglip"
+    dropped = compose(["~model/vision_tower@model.towers.clip", "+model/vision_tower@model.towers.s=tiny_siglip"])
+    assert set(dropped.model.towers) == {"s"}
+
+
+def test_unknown_key_and_preset_are_clear(compose):
+    with pytest.raises((ConfigKeyError, HydraException), match="nonexistent"):
+        compose(["model.nonexistent=1"])
+    with pytest.raises(HydraException, match="cambrian_99b"):
+        compose(["model=cambrian_99b"])
+
+
+def _errors(cfg) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, check_paths=False)
+    return str(info.value)
+
+
+def test_validation_non_square_tokens(compose):
+    cfg = compose(["model.towers.clip.num_tokens=15", "model.image_token_len=15"])
+    msg = _errors(cfg)
+    assert "model.towers.clip.num_tokens=15 is not a perfect square" in msg
+    assert "model.image_token_len=15 is not a perfect square" in msg
+
+
+def test_validation_mlp_token_mismatch(compose):
+    msg = _errors(compose(["model.towers.clip.num_tokens=64"]))
+    assert "model.towers.clip.num_tokens=64 differs from model.image_token_len=16" in msg
+
+
+def test_validation_query_grid_must_divide_tower_grid(compose):
+    cfg = compose(["model/connector=sva", "model.connector.query_num_list=[9]",
+                   "model.connector.num_heads=4", "model.connector.vision_hidden_size=64"])
+    assert "entry 9 (grid side 3) does not divide model.towers.clip.num_tokens=16" in _errors(cfg)
+
+
+def test_validation_query_groups_count(compose):
+    cfg = compose(["model/connector=sva", "model.connector.num_query_group=2",
+                   "model.connector.query_num_list=[16]"])
+    assert "num_query_group=2 differs from len(model.connector.query_num_list)=1" in _errors(cfg)
+
+
+def test_validation_insertion_beyond_depth(compose):
+    cfg = compose(["model/connector=sva", "model.connector.query_num_list=[16]",
+                   "model.connector.insert.count=3", "model.connector.insert.stride=2"])
+    msg = _errors(cfg)
+    assert "after decoder layer 4" in msg and "model.llm.num_layers=4" in msg
+
+
+def test_validation_global_batch(compose):
+    cfg = compose(["experiment=demo", "stages.finetune.grad_accum_steps=3"])
+    msg = _errors(cfg)
+    assert "stages.finetune.global_batch_size=32 != per_device_batch_size=16 x " \
+           "grad_accum_steps=3 x data-parallel size=1 (= 48); set stages.finetune." \
+           "grad_accum_steps=2" in msg
+
+
+def test_validation_mesh_product(compose):
+    cfg = compose(["experiment=cambrian8b_pretrain_v4_512", "mesh.fsdp=128", *PAPER_DATA])
+    msg = _errors(cfg)
+    assert "mesh.data=1 x mesh.fsdp=128 x mesh.tensor=1 != mesh.num_devices=256" in msg
+
+
+def test_validation_missing_data_path(compose, tmp_path):
+    cfg = compose(["data=llava", f"data.train_path={tmp_path}/nope.jsonl",
+                   f"data.image_folder={tmp_path}"])
+    with pytest.raises(ConfigError, match=f"data.train_path={tmp_path}/nope.jsonl does not exist"):
+        validate(cfg)

@@ -1,0 +1,115 @@
+"""The tiny VLM end to end in-process: shapes, freezing, learning, connector hand-over."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from cambrian_train.backends import build_backend
+from cambrian_train.data.collate import collate
+from cambrian_train.data.dataset import SupervisedDataset
+from cambrian_train.data.loader import EpochSampler, SkipStats, batch_stream
+from cambrian_train.data.records import open_records
+from cambrian_train.models import build_model
+from cambrian_train.models.llm import load_tokenizer
+from cambrian_train.run import make_encoder, seed_everything
+from cambrian_train.train.checkpoint import (
+    connector_state,
+    load_connector,
+    save_stage_checkpoint,
+    tensors_digest,
+)
+from cambrian_train.train.metrics import RunLogger
+from cambrian_train.train.stage import apply_stage
+from cambrian_train.train.trainer import train_stage
+
+
+@pytest.fixture
+def setup(compose, tiny_overrides, tmp_path):
+    cfg = compose(tiny_overrides)
+    seed_everything(0)
+    model = build_model(cfg.model)
+    tokenizer = load_tokenizer(cfg.model.llm)
+    return cfg, model, tokenizer
+
+
+def make_stream(cfg, stage, model, tokenizer):
+    enc = make_encoder(cfg, stage, tokenizer, model)
+    path = cfg.data.pretrain_path if stage.dataset == "pretrain" else cfg.data.train_path
+    ds = SupervisedDataset(open_records(path), enc)
+    fn = functools.partial(collate, seq_len=stage.max_length, max_images=1,
+                           slot_len=enc.slot_len, pad_id=tokenizer.pad_token_id,
+                           image_specs=enc.image_specs)
+    return batch_stream(ds, EpochSampler(len(ds), 0), stage.per_device_batch_size, fn, SkipStats())
+
+
+def test_shapes_and_newlines(setup):
+    cfg, model, tokenizer = setup
+    stage = cfg.stages["finetune"]
+    batch = next(make_stream(cfg, stage, model, tokenizer))
+    assert batch.input_ids.shape == (2, stage.max_length)
+    assert batch.vision_positions.shape == (2, 1, 20)  # 4x4 tokens + 4 newlines
+    tokens = model.encode_images({k: v[:, 0] for k, v in batch.pixel_values.items()})
+    assert tokens.shape == (2, 20, 128)
+    rows = tokens.reshape(2, 4, 5, 128)
+    assert torch.equal(rows[:, :, 4], model.image_newline.expand(2, 4, 128))
+    embeds = model.embed(batch)
+    pos = batch.vision_positions[0, 0]
+    torch.testing.assert_close(embeds[0, pos], tokens[0])
+    loss = model(batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_pretrain_freezes_llm_and_towers_and_hands_connector_over(setup, tmp_path):
+    cfg, model, tokenizer = setup
+    stage = cfg.stages["pretrain"]
+    groups = apply_stage(model, stage)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    backend = build_backend(cfg.backend, cfg.mesh)
+    logger = RunLogger(cfg.logger, tmp_path, "t", {}, active=False)
+    result = train_stage(stage, model, groups, backend, make_stream(cfg, stage, model, tokenizer),
+                         3, logger)
+    assert result.steps == 3
+    after = model.state_dict()
+    for name, value in after.items():
+        trained = name.startswith("connector.") or name == "image_newline"
+        changed = not torch.equal(before[name], value)
+        assert changed == trained, f"{name}: changed={changed}, trained={trained}"
+    ckpt = save_stage_checkpoint(model, tmp_path / "ckpt", {"step": 3})
+    fresh = build_model(cfg.model)
+    assert tensors_digest(connector_state(fresh)) != tensors_digest(connector_state(model))
+    digest = load_connector(fresh, str(ckpt))
+    assert digest == tensors_digest(connector_state(model))
+    for name, value in connector_state(model).items():
+        assert torch.equal(fresh.state_dict()[name], value)
+
+
+def test_finetune_trains_llm_and_loss_decreases(setup, tmp_path):
+    cfg, model, tokenizer = setup
+    stage = cfg.stages["finetune"]
+    groups = apply_stage(model, stage)
+    assert {g.name for g in groups} == {"connector", "connector_no_decay", "llm", "llm_no_decay"}
+    assert not any(p.requires_grad for p in model.towers.parameters())
+    batch = next(make_stream(cfg, stage, model, tokenizer))
+    opt = torch.optim.AdamW([p for g in groups for p in g.params], lr=3e-3)
+    losses = []
+    for _ in range(25):  # overfit one batch
+        loss = model(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_connector_mismatch_is_a_clear_error(setup, tmp_path):
+    cfg, model, _ = setup
+    from safetensors.torch import save_file
+
+    save_file({"connector.net.0.weight": torch.zeros(3, 3)}, str(tmp_path / "connector.safetensors"))
+    with pytest.raises(ValueError, match="connector tensors do not match"):
+        load_connector(model, str(tmp_path))
+    with pytest.raises(ValueError, match="no connector.safetensors"):
+        load_connector(model, str(tmp_path / "missing"))
