@@ -22,12 +22,14 @@ class Batch:
     image_mask: torch.Tensor  # [B, I] bool; False = empty image slot (positions unused)
     pixel_values: Dict[str, torch.Tensor]  # tower name -> [B, I, 3, H, W] float
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, dict):
-                moved[f.name] = {k: v.to(device, non_blocking=non_blocking) for k, v in value.items()}
+                moved[f.name] = {
+                    k: v.to(device, non_blocking=non_blocking) for k, v in value.items()
+                }
             else:
                 moved[f.name] = value.to(device, non_blocking=non_blocking)
         return Batch(**moved)

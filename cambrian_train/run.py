@@ -83,7 +83,12 @@ def run_stage(cfg, stage, backend, tokenizer, run_logger, init_from: Optional[st
     model = build_model(cfg.model)
     init_digest = load_connector(model, init_from) if init_from else None
     if init_from:
-        log.info("stage %s: connector initialised from %s (digest %s)", stage.name, init_from, init_digest)
+        log.info(
+            "stage %s: connector initialised from %s (digest %s)",
+            stage.name,
+            init_from,
+            init_digest,
+        )
     groups = apply_stage(model, stage)
     model = backend.prepare_model(model)
 
@@ -131,7 +136,9 @@ def run_stage(cfg, stage, backend, tokenizer, run_logger, init_from: Optional[st
             "".join(json.dumps(p) + "\n" for p in scores["predictions"])
         )
         summary["eval"] = {"accuracy": scores["accuracy"], "count": scores["count"]}
-        log.info("stage %s: test accuracy %.4f on %d", stage.name, scores["accuracy"], scores["count"])
+        log.info(
+            "stage %s: test accuracy %.4f on %d", stage.name, scores["accuracy"], scores["count"]
+        )
     return summary, ckpt
 
 
@@ -157,7 +164,11 @@ def run(cfg: TrainConfig) -> Dict:
     prepare_data(cfg)
     tokenizer = load_tokenizer(cfg.model.llm)
     run_logger = RunLogger(
-        cfg.logger, out, cfg.name, OmegaConf.to_container(OmegaConf.structured(cfg)), backend.is_main
+        cfg.logger,
+        out,
+        cfg.name,
+        OmegaConf.to_container(OmegaConf.structured(cfg)),
+        backend.is_main,
     )
     results: Dict = {"name": cfg.name, "output_dir": str(out), "stages": {}}
     if cfg.data.test_path and any(cfg.stages[s].eval_after for s in cfg.run_stages):
@@ -167,13 +178,21 @@ def run(cfg: TrainConfig) -> Dict:
         for name in cfg.run_stages:
             stage = cfg.stages[name]
             init_from = stage.init_from or (str(previous) if previous else None)
-            summary, previous = run_stage(cfg, stage, backend, tokenizer, run_logger, init_from, out)
+            summary, previous = run_stage(
+                cfg, stage, backend, tokenizer, run_logger, init_from, out
+            )
             results["stages"][name] = summary
             if backend.is_main:
                 (out / "results.json").write_text(json.dumps(results, indent=2))
                 run_logger.plot_losses()
         table = format_table(results)
-        run_logger.summary({f"{k}/accuracy": v["eval"]["accuracy"] for k, v in results["stages"].items() if "eval" in v})
+        run_logger.summary(
+            {
+                f"{k}/accuracy": v["eval"]["accuracy"]
+                for k, v in results["stages"].items()
+                if "eval" in v
+            }
+        )
     finally:
         run_logger.close()
         backend.shutdown()

@@ -1,0 +1,1 @@
+"""Typed configuration: schema, ConfigStore registration, validation."""

@@ -1,7 +1,7 @@
 """Typed configuration schema for cambrian-train.
 
-Hydra composes YAML from ``configs/``; the root schema :class:`TrainConfig` is registered in the
-ConfigStore as ``train_schema`` and is the first entry of ``configs/train.yaml``'s defaults, so every
+Hydra composes YAML from ``configs/``; the root schema :class:`TrainConfig` is registered in
+the ConfigStore as ``train_schema`` and heads ``configs/train.yaml``'s defaults, so every
 composed value is type-checked and unknown keys are rejected. ``cli.main`` converts the composed
 config to these dataclasses once (``OmegaConf.to_object``); code below it never sees a DictConfig.
 Cross-field checks live in :mod:`cambrian_train.config.validate`.

@@ -1,0 +1,1 @@
+"""Data pipeline: LLaVA records → static-shape batches, and the synthetic data engine."""

@@ -137,11 +137,16 @@ class SupervisedDataset(torch.utils.data.Dataset):
         images = record_images(record)
         tags = sum(t.text.count(IMAGE_TAG) for t in turns)
         if tags != len(images):
-            raise RecordError("image_count_mismatch", f"{tags} <image> tags for {len(images)} images")
+            raise RecordError(
+                "image_count_mismatch", f"{tags} <image> tags for {len(images)} images"
+            )
         if len(images) > self.encoder.max_images:
             raise RecordError(
-                "too_many_images", f"{len(images)} images > data.max_images={self.encoder.max_images}"
+                "too_many_images",
+                f"{len(images)} images > data.max_images={self.encoder.max_images}",
             )
         encoded = self.encoder.encode_turns(turns)
         pixel_values = self.encoder.load_images(images)
-        return Sample(record_id, encoded.input_ids, encoded.labels, encoded.image_starts, pixel_values)
+        return Sample(
+            record_id, encoded.input_ids, encoded.labels, encoded.image_starts, pixel_values
+        )

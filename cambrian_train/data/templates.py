@@ -82,7 +82,9 @@ class Template:
             raise ValueError(f"template 'plain' needs exactly one answer, got {len(answers)}")
         images = sum(t.text.count(IMAGE_TAG) for t in users)
         prompt = self.bos + IMAGE_TAG * images
-        return _merge([Segment(prompt, False), Segment(answers[0].text + self.assistant_suffix, True)])
+        return _merge(
+            [Segment(prompt, False), Segment(answers[0].text + self.assistant_suffix, True)]
+        )
 
 
 def _merge(segments: List[Segment]) -> List[Segment]:

@@ -50,7 +50,10 @@ def encode(
     max_length: int,
     system_prompt: Optional[str] = None,
 ) -> Encoded:
-    """Tokenise a conversation. RecordError reasons: image_in_answer, too_long, empty_after_masking."""
+    """Tokenise a conversation.
+
+    RecordError reasons: image_in_answer, too_long, empty_after_masking.
+    """
     out = Encoded()
     for segment in template.render(turns, system_prompt):
         append_text(out, segment.text, segment.supervised, tokenizer, slot_len, placeholder_id)

@@ -1,0 +1,1 @@
+"""Evaluation harness: benchmarks, answer extraction and scoring."""

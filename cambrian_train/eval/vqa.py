@@ -114,7 +114,9 @@ def evaluate_vqa(
         answers = generate(model, batch, encoder.tokenizer, max_new_tokens)
         for q, text in zip(chunk, answers):
             correct = normalize_answer(text) == normalize_answer(q.answer)
-            predictions.append({"id": q.id, "prediction": text, "answer": q.answer, "correct": correct})
+            predictions.append(
+                {"id": q.id, "prediction": text, "answer": q.answer, "correct": correct}
+            )
     model.train(was_training)
     accuracy = sum(p["correct"] for p in predictions) / len(predictions)
     return {"accuracy": accuracy, "count": len(predictions), "predictions": predictions}

@@ -1,0 +1,1 @@
+"""Training: the loop, stage freezing and parameter groups, optimiser, checkpoints, metrics."""

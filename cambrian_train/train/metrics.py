@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 class RunLogger:
     """Collects per-stage metric history; mirrors it to wandb and ``metrics.jsonl``."""
 
-    def __init__(self, cfg: LoggerConfig, output_dir: Path, run_name: str, config: dict, active=True):
+    def __init__(
+        self, cfg: LoggerConfig, output_dir: Path, run_name: str, config: dict, active=True
+    ):
         self.cfg = cfg
         self.output_dir = Path(output_dir)
         self.active = active  # only the main process writes

@@ -145,5 +145,11 @@ def train_stage(
     if stage.gradient_checkpointing:
         model.llm.gradient_checkpointing_disable()
     return StageResult(
-        stage.name, total_steps, first_loss, final_loss, seconds, samples / seconds, tokens / seconds
+        stage.name,
+        total_steps,
+        first_loss,
+        final_loss,
+        seconds,
+        samples / seconds,
+        tokens / seconds,
     )

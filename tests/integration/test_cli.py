@@ -41,10 +41,14 @@ def test_two_stage_run_writes_everything(tiny_overrides, tmp_path):
     assert results["stages"]["finetune"]["init_digest"] == tensors_digest(stage1)
     assert results["stages"]["pretrain"]["init_digest"] is None
     # stage 1 saved only connector weights; stage 2 also the LLM
-    assert all(k.startswith("connector.") or k == "image_newline"
-               for k in load_file(str(run / "pretrain" / "checkpoint" / "trainable.safetensors")))
-    assert any(k.startswith("llm.")
-               for k in load_file(str(run / "finetune" / "checkpoint" / "trainable.safetensors")))
+    assert all(
+        k.startswith("connector.") or k == "image_newline"
+        for k in load_file(str(run / "pretrain" / "checkpoint" / "trainable.safetensors"))
+    )
+    assert any(
+        k.startswith("llm.")
+        for k in load_file(str(run / "finetune" / "checkpoint" / "trainable.safetensors"))
+    )
     assert (run / "loss_curve.png").stat().st_size > 1000
     assert (run / ".hydra" / "config.yaml").is_file()
     assert list((run / "wandb").glob("offline-run-*"))
@@ -56,10 +60,14 @@ def test_two_stage_run_writes_everything(tiny_overrides, tmp_path):
     [
         (["model.nonexistent=1"], "nonexistent"),
         (["model=cambrian_99b"], "cambrian_99b"),
-        (["data=llava", "data.train_path=/no/such.jsonl", "data.image_folder=/tmp"],
-         "data.train_path=/no/such.jsonl does not exist"),
-        (["experiment=demo", "model.towers.clip.num_tokens=10"],
-         "model.towers.clip.num_tokens=10 is not a perfect square"),
+        (
+            ["data=llava", "data.train_path=/no/such.jsonl", "data.image_folder=/tmp"],
+            "data.train_path=/no/such.jsonl does not exist",
+        ),
+        (
+            ["experiment=demo", "model.towers.clip.num_tokens=10"],
+            "model.towers.clip.num_tokens=10 is not a perfect square",
+        ),
     ],
 )
 def test_user_errors_are_one_clear_line(args, message, tmp_path):

@@ -72,7 +72,9 @@ def test_paper_values(compose, size):
 def test_finetune_experiment_requires_init_from(compose):
     cfg = compose(["experiment=cambrian8b_finetune_v4_512", *PAPER_DATA])
     assert "stages.finetune.init_from is not set and no earlier stage runs" in _errors(cfg)
-    demo = compose(["experiment=demo", "run_stages=[finetune]", "stages.finetune.require_init=false"])
+    demo = compose(
+        ["experiment=demo", "run_stages=[finetune]", "stages.finetune.require_init=false"]
+    )
     validate(demo, check_paths=False)
 
 
@@ -85,7 +87,9 @@ def test_tower_dict_add_drop_override(compose):
     )
     assert set(cfg.model.towers) == {"clip", "sig"}
     assert cfg.model.towers["sig"].source == "hf_siglip"
-    dropped = compose(["~model/vision_tower@model.towers.clip", "+model/vision_tower@model.towers.s=tiny_siglip"])
+    dropped = compose(
+        ["~model/vision_tower@model.towers.clip", "+model/vision_tower@model.towers.s=tiny_siglip"]
+    )
     assert set(dropped.model.towers) == {"s"}
 
 
@@ -115,20 +119,37 @@ def test_validation_mlp_token_mismatch(compose):
 
 
 def test_validation_query_grid_must_divide_tower_grid(compose):
-    cfg = compose(["model/connector=sva", "model.connector.query_num_list=[9]",
-                   "model.connector.num_heads=4", "model.connector.vision_hidden_size=64"])
+    cfg = compose(
+        [
+            "model/connector=sva",
+            "model.connector.query_num_list=[9]",
+            "model.connector.num_heads=4",
+            "model.connector.vision_hidden_size=64",
+        ]
+    )
     assert "entry 9 (grid side 3) does not divide model.towers.clip.num_tokens=16" in _errors(cfg)
 
 
 def test_validation_query_groups_count(compose):
-    cfg = compose(["model/connector=sva", "model.connector.num_query_group=2",
-                   "model.connector.query_num_list=[16]"])
+    cfg = compose(
+        [
+            "model/connector=sva",
+            "model.connector.num_query_group=2",
+            "model.connector.query_num_list=[16]",
+        ]
+    )
     assert "num_query_group=2 differs from len(model.connector.query_num_list)=1" in _errors(cfg)
 
 
 def test_validation_insertion_beyond_depth(compose):
-    cfg = compose(["model/connector=sva", "model.connector.query_num_list=[16]",
-                   "model.connector.insert.count=3", "model.connector.insert.stride=2"])
+    cfg = compose(
+        [
+            "model/connector=sva",
+            "model.connector.query_num_list=[16]",
+            "model.connector.insert.count=3",
+            "model.connector.insert.stride=2",
+        ]
+    )
     msg = _errors(cfg)
     assert "after decoder layer 4" in msg and "model.llm.num_layers=4" in msg
 
@@ -136,9 +157,11 @@ def test_validation_insertion_beyond_depth(compose):
 def test_validation_global_batch(compose):
     cfg = compose(["experiment=demo", "stages.finetune.grad_accum_steps=3"])
     msg = _errors(cfg)
-    assert "stages.finetune.global_batch_size=32 != per_device_batch_size=16 x " \
-           "grad_accum_steps=3 x data-parallel size=1 (= 48); set stages.finetune." \
-           "grad_accum_steps=2" in msg
+    assert (
+        "stages.finetune.global_batch_size=32 != per_device_batch_size=16 x "
+        "grad_accum_steps=3 x data-parallel size=1 (= 48); set stages.finetune."
+        "grad_accum_steps=2" in msg
+    )
 
 
 def test_validation_mesh_product(compose):
@@ -148,7 +171,8 @@ def test_validation_mesh_product(compose):
 
 
 def test_validation_missing_data_path(compose, tmp_path):
-    cfg = compose(["data=llava", f"data.train_path={tmp_path}/nope.jsonl",
-                   f"data.image_folder={tmp_path}"])
+    cfg = compose(
+        ["data=llava", f"data.train_path={tmp_path}/nope.jsonl", f"data.image_folder={tmp_path}"]
+    )
     with pytest.raises(ConfigError, match=f"data.train_path={tmp_path}/nope.jsonl does not exist"):
         validate(cfg)

@@ -9,18 +9,20 @@ import pytest
 import torch
 from PIL import Image
 
+from cambrian_train.config.schema import LLMConfig
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import ImageTextEncoder, Sample, Skipped, SupervisedDataset
 from cambrian_train.data.loader import DataError, EpochSampler, SkipStats, batch_stream
 from cambrian_train.data.records import open_records
 from cambrian_train.data.templates import get_template
 from cambrian_train.models.llm import load_tokenizer
-from cambrian_train.config.schema import LLMConfig
 from cambrian_train.models.vision.base import ImageSpec
 from cambrian_train.tiny import ensure_asset
 
-SPECS = {"a": ImageSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-         "b": ImageSpec(16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
+SPECS = {
+    "a": ImageSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "b": ImageSpec(16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
 
 
 def human(text):
@@ -40,27 +42,50 @@ def dirty(tmp_path):
     lines = [
         json.dumps(good),
         '{"id": "bad-json", "conversations": [',
-        json.dumps({"id": "no-file", "image": "gone.png",
-                    "conversations": [human("<image>\nq"), gpt("x")]}),
-        json.dumps({"id": "undecodable", "image": "broken.png",
-                    "conversations": [human("<image>\nq"), gpt("x")]}),
+        json.dumps(
+            {"id": "no-file", "image": "gone.png", "conversations": [human("<image>\nq"), gpt("x")]}
+        ),
+        json.dumps(
+            {
+                "id": "undecodable",
+                "image": "broken.png",
+                "conversations": [human("<image>\nq"), gpt("x")],
+            }
+        ),
         json.dumps({"id": "no-answer", "conversations": [human("hello")]}),
         json.dumps({"id": "bad-role", "conversations": [{"from": "bot", "value": "x"}, gpt("y")]}),
         json.dumps({"id": "tag-count", "image": "ok.png", "conversations": [human("q"), gpt("x")]}),
         json.dumps({"id": "too-long", "conversations": [human("word " * 200), gpt("x")]}),
-        json.dumps({"id": "two-images", "image": ["ok.png", "ok.png"],
-                    "conversations": [human("<image><image>q"), gpt("x")]}),
+        json.dumps(
+            {
+                "id": "two-images",
+                "image": ["ok.png", "ok.png"],
+                "conversations": [human("<image><image>q"), gpt("x")],
+            }
+        ),
         json.dumps({"id": "text-only", "conversations": [human("hi"), gpt("hello")]}),
-        json.dumps({"id": "rgba", "image": "rgba.png",
-                    "conversations": [human("<image>\nq"), gpt("blue")]}),
+        json.dumps(
+            {"id": "rgba", "image": "rgba.png", "conversations": [human("<image>\nq"), gpt("blue")]}
+        ),
         "",
     ]
     path = tmp_path / "dirty.jsonl"
     path.write_text("\n".join(lines))
-    tokenizer = load_tokenizer(LLMConfig(checkpoint=ensure_asset("llama"), template="llama3",
-                                         num_layers=4, hidden_size=128))
-    encoder = ImageTextEncoder(tokenizer, get_template("llama3"), SPECS, str(tmp_path),
-                               slot_len=6, max_images=1, max_length=64, system_prompt="")
+    tokenizer = load_tokenizer(
+        LLMConfig(
+            checkpoint=ensure_asset("llama"), template="llama3", num_layers=4, hidden_size=128
+        )
+    )
+    encoder = ImageTextEncoder(
+        tokenizer,
+        get_template("llama3"),
+        SPECS,
+        str(tmp_path),
+        slot_len=6,
+        max_images=1,
+        max_length=64,
+        system_prompt="",
+    )
     return SupervisedDataset(open_records(str(path)), encoder)
 
 
@@ -79,7 +104,9 @@ EXPECTED = {
 def test_every_reason(dirty):
     assert len(dirty) == 11  # blank line ignored
     items = [dirty[i] for i in range(len(dirty))]
-    skipped = {s.id if s.id != "#1" else "bad-json": s.reason for s in items if isinstance(s, Skipped)}
+    skipped = {
+        s.id if s.id != "#1" else "bad-json": s.reason for s in items if isinstance(s, Skipped)
+    }
     assert skipped == EXPECTED
     good = {s.id: s for s in items if isinstance(s, Sample)}
     assert set(good) == {"good", "text-only", "rgba"}
@@ -93,8 +120,9 @@ def test_every_reason(dirty):
 
 def test_stream_keeps_batches_full_and_counts(dirty):
     stats = SkipStats()
-    fn = functools.partial(collate, seq_len=64, max_images=1, slot_len=6, pad_id=5,
-                           image_specs=SPECS)
+    fn = functools.partial(
+        collate, seq_len=64, max_images=1, slot_len=6, pad_id=5, image_specs=SPECS
+    )
     stream = batch_stream(dirty, EpochSampler(len(dirty), 0), 4, fn, stats)
     batches = [next(stream) for _ in range(3)]  # 12 valid samples > 3 valid records per epoch
     for b in batches:
@@ -106,10 +134,12 @@ def test_stream_keeps_batches_full_and_counts(dirty):
 
 
 def test_strict_fails_on_first_bad_record(dirty):
-    fn = functools.partial(collate, seq_len=64, max_images=1, slot_len=6, pad_id=5,
-                           image_specs=SPECS)
-    stream = batch_stream(dirty, EpochSampler(len(dirty), 0, shuffle=False), 4, fn,
-                          SkipStats(strict=True))
+    fn = functools.partial(
+        collate, seq_len=64, max_images=1, slot_len=6, pad_id=5, image_specs=SPECS
+    )
+    stream = batch_stream(
+        dirty, EpochSampler(len(dirty), 0, shuffle=False), 4, fn, SkipStats(strict=True)
+    )
     with pytest.raises(DataError, match=r"record #1 skipped \(malformed_json\)"):
         next(stream)
 

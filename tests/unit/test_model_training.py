@@ -39,9 +39,14 @@ def make_stream(cfg, stage, model, tokenizer):
     enc = make_encoder(cfg, stage, tokenizer, model)
     path = cfg.data.pretrain_path if stage.dataset == "pretrain" else cfg.data.train_path
     ds = SupervisedDataset(open_records(path), enc)
-    fn = functools.partial(collate, seq_len=stage.max_length, max_images=1,
-                           slot_len=enc.slot_len, pad_id=tokenizer.pad_token_id,
-                           image_specs=enc.image_specs)
+    fn = functools.partial(
+        collate,
+        seq_len=stage.max_length,
+        max_images=1,
+        slot_len=enc.slot_len,
+        pad_id=tokenizer.pad_token_id,
+        image_specs=enc.image_specs,
+    )
     return batch_stream(ds, EpochSampler(len(ds), 0), stage.per_device_batch_size, fn, SkipStats())
 
 
@@ -69,8 +74,9 @@ def test_pretrain_freezes_llm_and_towers_and_hands_connector_over(setup, tmp_pat
     before = {k: v.clone() for k, v in model.state_dict().items()}
     backend = build_backend(cfg.backend, cfg.mesh)
     logger = RunLogger(cfg.logger, tmp_path, "t", {}, active=False)
-    result = train_stage(stage, model, groups, backend, make_stream(cfg, stage, model, tokenizer),
-                         3, logger)
+    result = train_stage(
+        stage, model, groups, backend, make_stream(cfg, stage, model, tokenizer), 3, logger
+    )
     assert result.steps == 3
     after = model.state_dict()
     for name, value in after.items():
@@ -108,7 +114,9 @@ def test_connector_mismatch_is_a_clear_error(setup, tmp_path):
     cfg, model, _ = setup
     from safetensors.torch import save_file
 
-    save_file({"connector.net.0.weight": torch.zeros(3, 3)}, str(tmp_path / "connector.safetensors"))
+    save_file(
+        {"connector.net.0.weight": torch.zeros(3, 3)}, str(tmp_path / "connector.safetensors")
+    )
     with pytest.raises(ValueError, match="connector tensors do not match"):
         load_connector(model, str(tmp_path))
     with pytest.raises(ValueError, match="no connector.safetensors"):

@@ -36,11 +36,21 @@ def test_llama3_matches_tokenizer_chat_template(tokenizer):
 
 
 def test_supervised_text_is_exactly_the_answers(tokenizer):
-    enc = encode(CONV, get_template("llama3"), tokenizer, slot_len=5, placeholder_id=99,
-                 max_length=512, system_prompt="")
+    enc = encode(
+        CONV,
+        get_template("llama3"),
+        tokenizer,
+        slot_len=5,
+        placeholder_id=99,
+        max_length=512,
+        system_prompt="",
+    )
     supervised = [i for i, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX]
     assert tokenizer.decode(supervised) == "red<|eot_id|>2<|eot_id|>"
-    assert enc.input_ids.count(tokenizer.bos_token_id) == 1 and enc.input_ids[0] == tokenizer.bos_token_id
+    assert (
+        enc.input_ids.count(tokenizer.bos_token_id) == 1
+        and enc.input_ids[0] == tokenizer.bos_token_id
+    )
     (start,) = enc.image_starts
     assert enc.input_ids[start : start + 5] == [99] * 5
     assert enc.input_ids[start - 1] != 99 and enc.input_ids[start + 5] != 99
@@ -68,8 +78,14 @@ def test_errors_name_the_reason(tokenizer):
     with pytest.raises(RecordError, match="too_long"):
         encode(CONV, get_template("llama3"), tokenizer, 500, 99, 100)
     with pytest.raises(RecordError, match="image_in_answer"):
-        encode([Turn("user", "q"), Turn("assistant", "<image>")], get_template("llama3"),
-               tokenizer, 4, 99, 100)
+        encode(
+            [Turn("user", "q"), Turn("assistant", "<image>")],
+            get_template("llama3"),
+            tokenizer,
+            4,
+            99,
+            100,
+        )
     with pytest.raises(ValueError, match="unknown role 'bot'"):
         parse_turns([{"from": "bot", "value": "x"}], "rec-1")
     with pytest.raises(ValueError, match="template='nope'"):

@@ -1,0 +1,1 @@
+"""Connectors from vision features to LLM tokens (registered in CONNECTORS)."""

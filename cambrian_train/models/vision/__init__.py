@@ -1,0 +1,1 @@
+"""Vision tower families (registered in VISION_TOWERS) and the token-length interpolation."""
