@@ -114,8 +114,8 @@ def test_validation_non_square_tokens(compose):
 
 
 def test_validation_mlp_token_mismatch(compose):
-    msg = _errors(compose(["model.towers.clip.num_tokens=64"]))
-    assert "model.towers.clip.num_tokens=64 differs from model.image_token_len=16" in msg
+    msg = _errors(compose(["model.towers.clip.num_tokens=16"]))
+    assert "model.towers.clip.num_tokens=16 differs from model.image_token_len=64" in msg
 
 
 def test_validation_query_grid_must_divide_tower_grid(compose):
@@ -127,7 +127,7 @@ def test_validation_query_grid_must_divide_tower_grid(compose):
             "model.connector.vision_hidden_size=64",
         ]
     )
-    assert "entry 9 (grid side 3) does not divide model.towers.clip.num_tokens=16" in _errors(cfg)
+    assert "entry 9 (grid side 3) does not divide model.towers.clip.num_tokens=64" in _errors(cfg)
 
 
 def test_validation_query_groups_count(compose):

@@ -55,11 +55,11 @@ def test_shapes_and_newlines(setup):
     stage = cfg.stages["finetune"]
     batch = next(make_stream(cfg, stage, model, tokenizer))
     assert batch.input_ids.shape == (2, stage.max_length)
-    assert batch.vision_positions.shape == (2, 1, 20)  # 4x4 tokens + 4 newlines
+    assert batch.vision_positions.shape == (2, 1, 72)  # 8x8 tokens + 8 newlines
     tokens = model.encode_images({k: v[:, 0] for k, v in batch.pixel_values.items()})
-    assert tokens.shape == (2, 20, 128)
-    rows = tokens.reshape(2, 4, 5, 128)
-    assert torch.equal(rows[:, :, 4], model.image_newline.expand(2, 4, 128))
+    assert tokens.shape == (2, 72, 128)
+    rows = tokens.reshape(2, 8, 9, 128)
+    assert torch.equal(rows[:, :, 8], model.image_newline.expand(2, 8, 128))
     embeds = model.embed(batch)
     pos = batch.vision_positions[0, 0]
     torch.testing.assert_close(embeds[0, pos], tokens[0])
