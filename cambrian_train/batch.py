@@ -21,6 +21,7 @@ class Batch:
     vision_positions: torch.Tensor  # [B, I, Q] int64; sequence index of each vision slot token
     image_mask: torch.Tensor  # [B, I] bool; False = empty image slot (positions unused)
     pixel_values: Dict[str, torch.Tensor]  # tower name -> [B, I, 3, H, W] float
+    image_boxes: torch.Tensor  # [B, I, 4] float: x0, y0, x1, y1 of real content in [0, 1]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         moved = {}

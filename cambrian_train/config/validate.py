@@ -109,6 +109,15 @@ def _check_sva(cfg: TrainConfig, errors: list[str]) -> None:
             f"{ins.count}}} needs start >= 0, stride >= 1, count >= 0"
         )
     elif ins.count > 0:
+        if is_square(m.image_token_len):
+            side = math.isqrt(m.image_token_len)
+            for name, tower in m.towers.items():
+                if is_square(tower.num_tokens) and math.isqrt(tower.num_tokens) % side:
+                    errors.append(
+                        f"model.image_token_len={m.image_token_len} (grid side {side}) does not "
+                        f"divide model.towers.{name}.num_tokens={tower.num_tokens}: the SVA "
+                        "layers inside the LLM use the image_token_len grid as queries"
+                    )
         last = ins.start + ins.stride * (ins.count - 1)
         if last >= m.llm.num_layers:
             errors.append(

@@ -28,6 +28,7 @@ def collate(
     attention_mask = torch.zeros((b, seq_len), dtype=torch.long)
     positions = torch.zeros((b, max_images, slot_len), dtype=torch.long)
     image_mask = torch.zeros((b, max_images), dtype=torch.bool)
+    boxes = torch.tensor([0.0, 0.0, 1.0, 1.0]).repeat(b, max_images, 1)
     pixels = {
         name: torch.zeros(b, max_images, 3, spec.image_size, spec.image_size)
         for name, spec in image_specs.items()
@@ -44,4 +45,5 @@ def collate(
             image_mask[row, slot] = True
         for name, values in s.pixel_values.items():
             pixels[name][row, : values.shape[0]] = values
-    return Batch(input_ids, labels, attention_mask, positions, image_mask, pixels)
+        boxes[row, : s.image_boxes.shape[0]] = s.image_boxes
+    return Batch(input_ids, labels, attention_mask, positions, image_mask, pixels, boxes)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import UnidentifiedImageError
 
-from cambrian_train.data.images import load_image, tower_tensors
+from cambrian_train.data.images import content_box, load_image, tower_tensors
 from cambrian_train.data.records import RecordError
 from cambrian_train.data.templates import IMAGE_TAG, Template, Turn, parse_turns
 from cambrian_train.data.tokenize import Encoded, append_text, encode
@@ -28,6 +28,7 @@ class Sample:
     labels: List[int]
     image_starts: List[int]
     pixel_values: Dict[str, torch.Tensor]  # tower -> [n_images, 3, S, S]
+    image_boxes: torch.Tensor  # [n_images, 4] content box (images.content_box)
 
 
 @dataclass
@@ -56,9 +57,13 @@ class ImageTextEncoder:
     def placeholder_id(self) -> int:
         return self.tokenizer.pad_token_id
 
-    def load_images(self, paths: List[str]) -> Dict[str, torch.Tensor]:
-        """Decode and preprocess; RecordError missing_image / bad_image."""
+    def load_images(self, paths: List[str]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """Decode and preprocess → ({tower: [n, 3, S, S]}, boxes [n, 4]).
+
+        RecordError reasons: missing_image, bad_image.
+        """
         per_tower: Dict[str, list] = {name: [] for name in self.image_specs}
+        boxes = []
         for rel in paths:
             path = os.path.join(self.image_folder, rel)
             if not os.path.isfile(path):
@@ -69,10 +74,12 @@ class ImageTextEncoder:
                 raise RecordError("bad_image", f"{path}: {err}") from None
             for name, tensor in tower_tensors(img, self.image_specs, self.aspect_ratio).items():
                 per_tower[name].append(tensor)
-        return {
+            boxes.append(content_box(img.width, img.height, self.aspect_ratio))
+        pixels = {
             name: torch.stack(ts) if ts else torch.zeros(0, 3, s.image_size, s.image_size)
             for (name, ts), s in zip(per_tower.items(), self.image_specs.values())
         }
+        return pixels, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
     def encode_turns(self, turns: List[Turn]) -> Encoded:
         """A training conversation with its labels."""
@@ -146,7 +153,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 f"{len(images)} images > data.max_images={self.encoder.max_images}",
             )
         encoded = self.encoder.encode_turns(turns)
-        pixel_values = self.encoder.load_images(images)
+        pixel_values, boxes = self.encoder.load_images(images)
         return Sample(
-            record_id, encoded.input_ids, encoded.labels, encoded.image_starts, pixel_values
+            record_id, encoded.input_ids, encoded.labels, encoded.image_starts, pixel_values, boxes
         )

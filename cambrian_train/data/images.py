@@ -6,7 +6,7 @@ several towers with different resolutions and statistics are fed from one decode
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +35,18 @@ def pad_to_square(img: Image.Image, fill: tuple) -> Image.Image:
     canvas = Image.new("RGB", (side, side), fill)
     canvas.paste(img, ((side - w) // 2, (side - h) // 2))
     return canvas
+
+
+def content_box(width: int, height: int, aspect_ratio: str) -> Tuple[float, float, float, float]:
+    """Where the image's own pixels lie in the square model input, as fractions (x0, y0, x1, y1).
+
+    ``pad`` centres the image on a square canvas; ``resize`` stretches it over the whole square.
+    """
+    if aspect_ratio != "pad" or width == height:
+        return (0.0, 0.0, 1.0, 1.0)
+    side = max(width, height)
+    x0, y0 = (side - width) // 2, (side - height) // 2
+    return (x0 / side, y0 / side, (x0 + width) / side, (y0 + height) / side)
 
 
 def to_tensor(img: Image.Image, spec: ImageSpec, aspect_ratio: str) -> torch.Tensor:

@@ -99,8 +99,8 @@ def evaluate_vqa(
         for q in chunk:
             prompt = q.question if IMAGE_TAG in q.question else f"{IMAGE_TAG}\n{q.question}"
             enc = encoder.encode_prompt(prompt)
-            pixels = encoder.load_images([q.image])
-            samples.append(Sample(q.id, enc.input_ids, enc.labels, enc.image_starts, pixels))
+            pixels, boxes = encoder.load_images([q.image])
+            samples.append(Sample(q.id, enc.input_ids, enc.labels, enc.image_starts, pixels, boxes))
         seq_len = max(len(s.input_ids) for s in samples)
         batch = collate(
             samples,

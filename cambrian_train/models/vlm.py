@@ -2,7 +2,9 @@
 
 ``forward(batch)`` returns the mean next-token loss over supervised tokens. Vision tokens are
 computed for every image slot (static shapes) and written into the token embeddings at
-``batch.vision_positions``; empty slots are never written.
+``batch.vision_positions``; empty slots are never written. With an SVA connector whose
+``insert.count`` > 0, SVA layers also run inside the LLM (models/connectors/interleave.py) on a
+context built here and passed explicitly with each LLM forward.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from transformers import PreTrainedModel
 
 from cambrian_train.batch import Batch
 from cambrian_train.config.schema import ModelConfig
+from cambrian_train.models.connectors.interleave import (
+    CONTEXT_KWARG,
+    LLMVisionContext,
+    attach_samplers,
+)
 from cambrian_train.models.multimodal import scatter_at
 from cambrian_train.models.vision.base import ImageSpec, VisionTower
 
@@ -40,6 +47,10 @@ class VisionLanguageModel(nn.Module):
             self.image_newline = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
         else:
             self.register_parameter("image_newline", None)
+        samplers = getattr(connector, "vision_sampler_layers", None)
+        self.has_llm_samplers = bool(samplers)
+        if self.has_llm_samplers:
+            attach_samplers(llm, samplers, connector.insert_after)
 
     @property
     def slot_len(self) -> int:
@@ -62,29 +73,55 @@ class VisionLanguageModel(nn.Module):
             "towers": [p for t in self.towers.values() for p in t.parameters()],
         }
 
-    def encode_images(self, pixel_values: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """{tower: [N, 3, S, S]} → vision tokens [N, slot_len, D] (rows closed by newlines)."""
+    def encode_images(self, pixel_values: Dict[str, torch.Tensor], boxes=None):
+        """{tower: [N, 3, S, S]}, boxes [N, 4] → (vision tokens [N, slot_len, D] with rows
+        closed by newlines, the connector's tower context or None)."""
         features = {name: tower(pixel_values[name]) for name, tower in self.towers.items()}
-        tokens = self.connector(features)  # [N, h*w, D]
+        tokens, towers = self.connector(features, boxes)  # [N, h*w, D]
         if self.image_newline is None:
-            return tokens
+            return tokens, towers
         n, _, d = tokens.shape
         grid = tokens.reshape(n, self.side, self.side, d)
         newline = self.image_newline.to(tokens.dtype).expand(n, self.side, 1, d)
-        return torch.cat([grid, newline], dim=2).reshape(n, self.slot_len, d)
+        return torch.cat([grid, newline], dim=2).reshape(n, self.slot_len, d), towers
 
-    def embed(self, batch: Batch) -> torch.Tensor:
-        """Token embeddings with vision tokens scattered in: [B, L, D]."""
+    def grid_positions(self, batch: Batch) -> torch.Tensor:
+        """Sequence positions of the h*w visual tokens, newline slots dropped: [B, I, h*w]."""
+        if self.image_newline is None:
+            return batch.vision_positions
+        b, i, _ = batch.vision_positions.shape
+        rows = batch.vision_positions.reshape(b, i, self.side, self.side + 1)
+        return rows[..., : self.side].reshape(b, i, self.side * self.side)
+
+    def embed(self, batch: Batch):
+        """→ (token embeddings with vision tokens scattered in [B, L, D], the LLM-side vision
+        context for in-LLM SVA layers or None)."""
         b, i = batch.image_mask.shape
         flat = {k: v.flatten(0, 1) for k, v in batch.pixel_values.items()}  # [B*I, 3, S, S]
-        vision = self.encode_images(flat)  # [B*I, Q, D]
-        vision = vision.reshape(b, i, self.slot_len, -1)
+        vision, towers = self.encode_images(flat, batch.image_boxes.flatten(0, 1))
+        vision = vision.reshape(b, i, self.slot_len, -1)  # [B, I, Q, D]
         embeds = self.llm.get_input_embeddings()(batch.input_ids)  # [B, L, D]
-        return scatter_at(embeds, batch.vision_positions, vision, batch.image_mask)
+        embeds = scatter_at(embeds, batch.vision_positions, vision, batch.image_mask)
+        if not self.has_llm_samplers:
+            return embeds, None
+        windows, masks = towers.windows(self.connector.llm_query_side)
+        context = LLMVisionContext(
+            self.grid_positions(batch), batch.image_mask, windows, masks, embeds.shape[1]
+        )
+        return embeds, context
+
+    def llm_kwargs(self, context) -> dict:
+        """Extra keyword arguments for an LLM forward/generate carrying the vision context."""
+        return {CONTEXT_KWARG: context} if context is not None else {}
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        embeds = self.embed(batch)
-        out = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False)
+        embeds, context = self.embed(batch)
+        out = self.llm(
+            inputs_embeds=embeds,
+            attention_mask=batch.attention_mask,
+            use_cache=False,
+            **self.llm_kwargs(context),
+        )
         return out.logits  # [B, L, V]
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -56,11 +56,11 @@ def test_shapes_and_newlines(setup):
     batch = next(make_stream(cfg, stage, model, tokenizer))
     assert batch.input_ids.shape == (2, stage.max_length)
     assert batch.vision_positions.shape == (2, 1, 72)  # 8x8 tokens + 8 newlines
-    tokens = model.encode_images({k: v[:, 0] for k, v in batch.pixel_values.items()})
+    tokens, _ = model.encode_images({k: v[:, 0] for k, v in batch.pixel_values.items()})
     assert tokens.shape == (2, 72, 128)
     rows = tokens.reshape(2, 8, 9, 128)
     assert torch.equal(rows[:, :, 8], model.image_newline.expand(2, 8, 128))
-    embeds = model.embed(batch)
+    embeds, _ = model.embed(batch)
     pos = batch.vision_positions[0, 0]
     torch.testing.assert_close(embeds[0, pos], tokens[0])
     loss = model(batch)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -38,6 +38,9 @@ class MLPConnector(nn.Module):
             nn.Linear(llm_hidden_size, llm_hidden_size),
         )
 
-    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, features: Dict[str, torch.Tensor], boxes: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, None]:
+        """→ (vision tokens [N, T, D], None: no context for in-LLM layers)."""
         x = torch.cat([features[name] for name in self.tower_names], dim=-1)  # [N, T, ΣC]
-        return self.net(x.to(self.net[0].weight.dtype))  # [N, T, D]
+        return self.net(x.to(self.net[0].weight.dtype)), None
