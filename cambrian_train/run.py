@@ -185,7 +185,6 @@ def run(cfg: TrainConfig) -> Dict:
             if backend.is_main:
                 (out / "results.json").write_text(json.dumps(results, indent=2))
                 run_logger.plot_losses()
-        table = format_table(results)
         run_logger.summary(
             {
                 f"{k}/accuracy": v["eval"]["accuracy"]
@@ -197,5 +196,5 @@ def run(cfg: TrainConfig) -> Dict:
         run_logger.close()
         backend.shutdown()
     if backend.is_main:
-        print(f"\nResults ({out / 'results.json'}):\n{table}\n", flush=True)
+        log.info("results (%s):\n%s", out / "results.json", format_table(results))
     return results
