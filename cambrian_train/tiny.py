@@ -1,12 +1,16 @@
 """Tiny random-init checkpoints of real model families, for CPU tests and the demo.
 
 Nothing can be downloaded here, so the tiny presets point at directories generated on first use
-(deterministically, from fixed seeds) with the libraries' own ``save_pretrained``. They are then
-loaded through exactly the same ``from_pretrained`` code that loads a hub checkpoint. The config
-resolver ``${tiny_asset:NAME}`` returns (and if needed creates) the directory of asset NAME.
+(deterministically, from fixed seeds) in the libraries' own hub layouts (``save_pretrained``,
+open_clip's ``open_clip_config.json`` + weights, timm's ``save_for_hf``). They are then loaded
+through exactly the same code that loads a hub checkpoint (``from_pretrained``, or
+``create_model("local-dir:<dir>")`` where a hub one is ``create_model("hf-hub:<repo>")``). The
+config resolver ``${tiny_asset:NAME}`` returns (and if needed creates) the directory of asset NAME.
 
 Assets: ``tokenizer`` (byte-level BPE with a Llama-3-style chat template), ``llama`` (HF Llama),
-``clip`` (HF CLIP vision tower + image processor), ``siglip`` (HF SigLIP vision tower + processor).
+``clip`` (HF CLIP vision tower + image processor), ``siglip`` (HF SigLIP vision tower + processor),
+``dinov2`` (HF DINOv2 + processor), ``convnext`` (OpenCLIP model with a timm ConvNeXt image
+tower) and ``timm_vit`` (timm ViT with a CLS and two register tokens).
 """
 
 from __future__ import annotations
@@ -55,6 +59,33 @@ VISION_SPEC = dict(
 )
 VISION_IMAGE_SIZE = 64
 VISION_PATCH_SIZE = 8
+DINOV2_SPEC = dict(hidden_size=64, mlp_ratio=2, num_hidden_layers=3, num_attention_heads=4)
+# OpenCLIP model_cfg: timm convnext_atto stages 40/80/160/320 wide (16², 8², 4², 2² maps at 64 px);
+# drop-path 0.1 as in the real ConvNeXt-XXL config (a frozen tower must stay deterministic).
+CONVNEXT_MODEL_CFG = dict(
+    embed_dim=32,
+    vision_cfg=dict(
+        timm_model_name="convnext_atto",
+        timm_model_pretrained=False,
+        timm_pool="",
+        timm_proj="linear",
+        timm_drop=0.0,
+        timm_drop_path=0.1,
+        image_size=VISION_IMAGE_SIZE,
+    ),
+    text_cfg=dict(context_length=16, vocab_size=64, width=32, heads=2, layers=1),
+)
+TIMM_VIT_ARCH = "vit_base_patch16_224"
+TIMM_VIT_SPEC = dict(
+    img_size=VISION_IMAGE_SIZE,
+    patch_size=VISION_PATCH_SIZE,
+    embed_dim=64,
+    depth=3,
+    num_heads=4,
+    mlp_ratio=2.0,
+    reg_tokens=2,
+    num_classes=0,
+)
 VOCAB_SIZE = 1024
 _CORPUS_WORDS = (
     "a an the and or of in on at to is are was be this that what which how many there image "
@@ -71,7 +102,10 @@ def tiny_root() -> Path:
     base = os.environ.get("CAMBRIAN_TINY_DIR")
     if base:
         return Path(base)
-    spec = json.dumps([LLAMA_SPEC, VISION_SPEC, VOCAB_SIZE, SPECIAL_TOKENS, _CORPUS_WORDS])
+    spec = json.dumps(
+        [LLAMA_SPEC, VISION_SPEC, VOCAB_SIZE, SPECIAL_TOKENS, _CORPUS_WORDS]
+        + [DINOV2_SPEC, CONVNEXT_MODEL_CFG, TIMM_VIT_ARCH, TIMM_VIT_SPEC]
+    )
     digest = hashlib.sha256(spec.encode()).hexdigest()[:10]
     return Path.home() / ".cache" / "cambrian-train" / "tiny" / digest
 
@@ -147,11 +181,55 @@ def build_siglip(out: Path) -> None:
     SiglipImageProcessor(size=size).save_pretrained(out)
 
 
+def build_dinov2(out: Path) -> None:
+    import torch
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(image_size=VISION_IMAGE_SIZE, patch_size=VISION_PATCH_SIZE, **DINOV2_SPEC)
+    torch.manual_seed(3)
+    Dinov2Model(config).save_pretrained(out)
+    BitImageProcessor(
+        size={"shortest_edge": VISION_IMAGE_SIZE},
+        crop_size={"height": VISION_IMAGE_SIZE, "width": VISION_IMAGE_SIZE},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(out)
+
+
+def build_convnext(out: Path) -> None:
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(4)
+    model = open_clip.CLIP(**CONVNEXT_MODEL_CFG)
+    save_file(model.state_dict(), out / "open_clip_model.safetensors")
+    preprocess = dict(
+        mean=list(open_clip.OPENAI_DATASET_MEAN), std=list(open_clip.OPENAI_DATASET_STD)
+    )
+    config = dict(model_cfg=CONVNEXT_MODEL_CFG, preprocess_cfg=preprocess)
+    (out / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+
+
+def build_timm_vit(out: Path) -> None:
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    torch.manual_seed(5)
+    model = timm.create_model(TIMM_VIT_ARCH, pretrained=False, **TIMM_VIT_SPEC)
+    data_config = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    save_for_hf(model, out, safe_serialization=True, data_config=data_config)
+
+
 BUILDERS: Dict[str, Callable[[Path], None]] = {
     "tokenizer": build_tokenizer,
     "llama": build_llama,
     "clip": build_clip,
     "siglip": build_siglip,
+    "dinov2": build_dinov2,
+    "convnext": build_convnext,
+    "timm_vit": build_timm_vit,
 }
 
 

@@ -59,6 +59,11 @@ def _check_model(cfg: TrainConfig, errors: list[str]) -> None:
                 f"{key}.select_feature={tower.select_feature!r} is not one of "
                 f"{list(SELECT_FEATURES)}"
             )
+        if tower.select_feature == "cls_patch":
+            errors.append(
+                f"{key}.select_feature='cls_patch' adds a CLS token to the grid; the "
+                f"{conn.name} connector takes a square token grid: use 'patch'"
+            )
         if tower.image_size <= 0:
             errors.append(f"{key}.image_size={tower.image_size} must be positive")
         if conn.name == "mlp2x_gelu" and tower.num_tokens != m.image_token_len:

@@ -1,4 +1,4 @@
-"""Vision towers from ``transformers``: CLIP and SigLIP vision encoders.
+"""Vision towers from ``transformers``: CLIP, SigLIP and DINOv2 vision encoders.
 
 Weights load with ``from_pretrained`` (hub name or local directory) and the image mean/std with
 ``AutoImageProcessor.from_pretrained`` from the same checkpoint, so the data pipeline never
@@ -7,26 +7,31 @@ duplicates normalisation constants.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
-from transformers import AutoImageProcessor, CLIPVisionModel, SiglipVisionModel
+from transformers import AutoImageProcessor, CLIPVisionModel, Dinov2Model, SiglipVisionModel
 
 from cambrian_train.config.schema import VisionTowerConfig
-from cambrian_train.models.vision.base import ImageSpec, VisionTower
+from cambrian_train.models.vision.base import DTYPES, ImageSpec, VisionTower
 from cambrian_train.registry import VISION_TOWERS
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class HFVisionTower(VisionTower):
-    """A HF vision encoder; features come from ``hidden_states[select_layer]``."""
+    """A HF vision encoder; features come from ``hidden_states[select_layer]``.
+
+    ``select_layer`` indexes the num_hidden_layers + 1 hidden states (0 = embeddings, -1 = the last
+    layer's output before any final norm).
+    """
 
     model_class = CLIPVisionModel
     has_cls_token = True
+    interpolates_positions = False  # True: any image_size works, not only the checkpoint's
 
     def __init__(self, cfg: VisionTowerConfig, dtype: str = "float32"):
         model = self.model_class.from_pretrained(cfg.checkpoint, dtype=DTYPES[dtype])
         vision_cfg = model.config
-        if vision_cfg.image_size != cfg.image_size:
+        if not self.interpolates_positions and vision_cfg.image_size != cfg.image_size:
             raise ValueError(
                 f"tower {cfg.checkpoint}: image_size={cfg.image_size} in the config but the "
                 f"checkpoint was trained at {vision_cfg.image_size}"
@@ -43,13 +48,15 @@ class HFVisionTower(VisionTower):
             mean=tuple(float(v) for v in processor.image_mean),
             std=tuple(float(v) for v in processor.image_std),
         )
-        super().__init__(cfg, vision_cfg.hidden_size, spec)
+        super().__init__(cfg, vision_cfg.hidden_size, spec, self.has_cls_token)
         self.model = model
 
-    def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def features(self, pixel_values: torch.Tensor) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         out = self.model(pixel_values=pixel_values.to(self.model.dtype), output_hidden_states=True)
         hidden = out.hidden_states[self.cfg.select_layer]  # [N, (1+)P, C]
-        return hidden[:, 1:] if self.has_cls_token else hidden
+        if not self.has_cls_token:
+            return None, hidden
+        return hidden[:, 0], hidden[:, 1:]
 
 
 @VISION_TOWERS.register("hf_clip")
@@ -62,3 +69,12 @@ class CLIPTower(HFVisionTower):
 class SiglipTower(HFVisionTower):
     model_class = SiglipVisionModel
     has_cls_token = False
+
+
+@VISION_TOWERS.register("hf_dinov2")
+class Dinov2Tower(HFVisionTower):
+    """DINOv2 interpolates its position embeddings, so e.g. 378 px runs a 518 px checkpoint."""
+
+    model_class = Dinov2Model
+    has_cls_token = True
+    interpolates_positions = True
