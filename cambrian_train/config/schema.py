@@ -10,7 +10,7 @@ Cross-field checks live in :mod:`cambrian_train.config.validate`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -26,6 +26,9 @@ class LLMConfig:
     num_layers: int = MISSING  # decoder depth, known before loading (checked after loading)
     hidden_size: int = MISSING  # model width, known before loading (checked after loading)
     dtype: str = "float32"  # parameter dtype at load: float32 | bfloat16
+    # HF config fields (model_type, sizes, vocab) to build the model without its checkpoint,
+    # e.g. on the meta device for parameter counts and sharding plans
+    architecture: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -40,6 +43,8 @@ class VisionTowerConfig:
     select_feature: str = "patch"  # patch | cls_patch
     multi_stage: bool = False
     trainable: bool = False
+    # the family's config fields plus image_mean/image_std, to build without the checkpoint
+    architecture: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

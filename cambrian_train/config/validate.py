@@ -231,6 +231,20 @@ def _check_runtime(cfg: TrainConfig, errors: list[str]) -> None:
         )
 
 
+def _raise(errors: list[str]) -> None:
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def validate_model(cfg: TrainConfig) -> None:
+    """Only the model section's checks (for tools that build a model without training)."""
+    import cambrian_train.models  # noqa: F401  (fills VISION_TOWERS, CONNECTORS, LLMS)
+
+    errors: list[str] = []
+    _check_model(cfg, errors)
+    _raise(errors)
+
+
 def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     """Raise ConfigError listing every cross-field problem of ``cfg`` (one line each)."""
     import cambrian_train.backends  # noqa: F401  (fills BACKENDS)
@@ -242,5 +256,4 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     _check_runtime(cfg, errors)
     if check_paths:
         _check_data(cfg, errors)
-    if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    _raise(errors)

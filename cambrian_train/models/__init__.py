@@ -13,11 +13,15 @@ from cambrian_train.models.vlm import VisionLanguageModel
 from cambrian_train.registry import CONNECTORS, LLMS, VISION_TOWERS
 
 
-def build_model(cfg: ModelConfig) -> VisionLanguageModel:
-    """Load the LLM and towers through ``from_pretrained`` and build a fresh connector."""
-    llm = LLMS.get(cfg.llm.source)(cfg.llm)
+def build_model(cfg: ModelConfig, pretrained: bool = True) -> VisionLanguageModel:
+    """Load the LLM and towers through ``from_pretrained`` and build a fresh connector.
+
+    ``pretrained=False`` builds every part from the ``architecture`` fields of the configs
+    instead (no checkpoint needed); call it under ``torch.device("meta")`` to allocate nothing.
+    """
+    llm = LLMS.get(cfg.llm.source)(cfg.llm, pretrained=pretrained)
     towers = {
-        name: VISION_TOWERS.get(tower.source)(tower, dtype=cfg.llm.dtype)
+        name: VISION_TOWERS.get(tower.source)(tower, dtype=cfg.llm.dtype, pretrained=pretrained)
         for name, tower in cfg.towers.items()
     }
     connector = CONNECTORS.get(cfg.connector.name)(

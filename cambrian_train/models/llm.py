@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from cambrian_train.config.schema import LLMConfig
 from cambrian_train.registry import LLMS
@@ -17,9 +17,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @LLMS.register("hf_causal_lm")
-def load_causal_lm(cfg: LLMConfig) -> PreTrainedModel:
-    """``AutoModelForCausalLM.from_pretrained(cfg.checkpoint)`` with depth/width checks."""
-    model = AutoModelForCausalLM.from_pretrained(cfg.checkpoint, dtype=DTYPES[cfg.dtype])
+def load_causal_lm(cfg: LLMConfig, pretrained: bool = True) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained(cfg.checkpoint)`` with depth/width checks, or,
+    with ``pretrained=False``, the same architecture built from ``cfg.architecture``."""
+    if pretrained:
+        model = AutoModelForCausalLM.from_pretrained(cfg.checkpoint, dtype=DTYPES[cfg.dtype])
+    elif not cfg.architecture:
+        raise ValueError(
+            f"model.llm.architecture is empty: {cfg.checkpoint} cannot be built without its "
+            "checkpoint"
+        )
+    else:
+        config = AutoConfig.for_model(**cfg.architecture)
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype])
     config = model.config
     if config.num_hidden_layers != cfg.num_layers:
         raise ValueError(

@@ -32,6 +32,21 @@ class ImageSpec:
     std: Tuple[float, float, float]
 
 
+def split_architecture(cfg: VisionTowerConfig) -> Tuple[dict, ImageSpec]:
+    """``cfg.architecture`` → (the family's config fields, the image spec it names).
+
+    Used to build a tower without its checkpoint; ValueError when the fields are absent.
+    """
+    arch = dict(cfg.architecture)
+    mean, std = arch.pop("image_mean", None), arch.pop("image_std", None)
+    if not arch or mean is None or std is None:
+        raise ValueError(
+            f"tower {cfg.checkpoint}: building without the checkpoint needs its architecture "
+            "fields plus image_mean and image_std in the tower config's 'architecture'"
+        )
+    return arch, ImageSpec(cfg.image_size, tuple(map(float, mean)), tuple(map(float, std)))
+
+
 class VisionTower(nn.Module, abc.ABC):
     """Maps pixel_values [N, 3, S, S] to features [N, T, hidden_size].
 

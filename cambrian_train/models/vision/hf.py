@@ -13,7 +13,7 @@ import torch
 from transformers import AutoImageProcessor, CLIPVisionModel, Dinov2Model, SiglipVisionModel
 
 from cambrian_train.config.schema import VisionTowerConfig
-from cambrian_train.models.vision.base import DTYPES, ImageSpec, VisionTower
+from cambrian_train.models.vision.base import DTYPES, ImageSpec, VisionTower, split_architecture
 from cambrian_train.registry import VISION_TOWERS
 
 
@@ -28,8 +28,18 @@ class HFVisionTower(VisionTower):
     has_cls_token = True
     interpolates_positions = False  # True: any image_size works, not only the checkpoint's
 
-    def __init__(self, cfg: VisionTowerConfig, dtype: str = "float32"):
-        model = self.model_class.from_pretrained(cfg.checkpoint, dtype=DTYPES[dtype])
+    def __init__(self, cfg: VisionTowerConfig, dtype: str = "float32", pretrained: bool = True):
+        if pretrained:
+            model = self.model_class.from_pretrained(cfg.checkpoint, dtype=DTYPES[dtype])
+            processor = AutoImageProcessor.from_pretrained(cfg.checkpoint)
+            spec = ImageSpec(
+                image_size=cfg.image_size,
+                mean=tuple(float(v) for v in processor.image_mean),
+                std=tuple(float(v) for v in processor.image_std),
+            )
+        else:
+            arch, spec = split_architecture(cfg)
+            model = self.model_class(self.model_class.config_class(**arch)).to(DTYPES[dtype])
         vision_cfg = model.config
         if not self.interpolates_positions and vision_cfg.image_size != cfg.image_size:
             raise ValueError(
@@ -42,12 +52,6 @@ class HFVisionTower(VisionTower):
                 f"tower {cfg.checkpoint}: select_layer={cfg.select_layer} is outside the "
                 f"{layers + 1} hidden states of the checkpoint"
             )
-        processor = AutoImageProcessor.from_pretrained(cfg.checkpoint)
-        spec = ImageSpec(
-            image_size=cfg.image_size,
-            mean=tuple(float(v) for v in processor.image_mean),
-            std=tuple(float(v) for v in processor.image_std),
-        )
         super().__init__(cfg, vision_cfg.hidden_size, spec, self.has_cls_token)
         self.model = model
 

@@ -21,7 +21,7 @@ import torch
 from open_clip.timm_model import TimmModel
 
 from cambrian_train.config.schema import VisionTowerConfig
-from cambrian_train.models.vision.base import DTYPES, ImageSpec, VisionTower
+from cambrian_train.models.vision.base import DTYPES, ImageSpec, VisionTower, split_architecture
 from cambrian_train.models.vision.resample import resample_map
 from cambrian_train.registry import VISION_TOWERS
 
@@ -32,8 +32,13 @@ class OpenCLIPConvNeXtTower(VisionTower):
 
     supports_multi_stage = True
 
-    def __init__(self, cfg: VisionTowerConfig, dtype: str = "float32"):
-        visual = open_clip.create_model(cfg.checkpoint).visual
+    def __init__(self, cfg: VisionTowerConfig, dtype: str = "float32", pretrained: bool = True):
+        if pretrained:
+            visual = open_clip.create_model(cfg.checkpoint).visual
+        else:  # architecture: {model_name: an open_clip config name, image_mean, image_std}
+            arch, arch_spec = split_architecture(cfg)
+            device = torch.get_default_device()  # meta inside `with torch.device("meta")`
+            visual = open_clip.create_model(arch.pop("model_name"), device=device, **arch).visual
         if not isinstance(visual, TimmModel):
             raise ValueError(
                 f"tower {cfg.checkpoint}: source=open_clip needs a timm-backed (ConvNeXt) image "
@@ -51,12 +56,15 @@ class OpenCLIPConvNeXtTower(VisionTower):
                 f"tower {cfg.checkpoint}: select_layer={cfg.select_layer} is not one of the "
                 f"{num_stages} stages of the checkpoint"
             )
-        preprocess = visual.preprocess_cfg
-        spec = ImageSpec(
-            image_size=cfg.image_size,
-            mean=tuple(float(v) for v in preprocess["mean"]),
-            std=tuple(float(v) for v in preprocess["std"]),
-        )
+        if pretrained:
+            preprocess = visual.preprocess_cfg
+            spec = ImageSpec(
+                image_size=cfg.image_size,
+                mean=tuple(float(v) for v in preprocess["mean"]),
+                std=tuple(float(v) for v in preprocess["std"]),
+            )
+        else:
+            spec = arch_spec
         super().__init__(cfg, sum(widths[i] for i in stages), spec, has_cls_token=False)
         trunk.prune_intermediate_layers(stages, prune_norm=True, prune_head=True)
         self.trunk = trunk.to(DTYPES[dtype])

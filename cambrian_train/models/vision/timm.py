@@ -17,7 +17,7 @@ import torch
 from timm.data import resolve_data_config
 
 from cambrian_train.config.schema import VisionTowerConfig
-from cambrian_train.models.vision.base import DTYPES, ImageSpec, VisionTower
+from cambrian_train.models.vision.base import DTYPES, ImageSpec, VisionTower, split_architecture
 from cambrian_train.registry import VISION_TOWERS
 
 
@@ -29,8 +29,14 @@ class TimmViTTower(VisionTower):
     final norm); 0 (the patch embeddings) is not exposed by ``forward_intermediates``.
     """
 
-    def __init__(self, cfg: VisionTowerConfig, dtype: str = "float32"):
-        model = timm.create_model(cfg.checkpoint, pretrained=True, img_size=cfg.image_size)
+    def __init__(self, cfg: VisionTowerConfig, dtype: str = "float32", pretrained: bool = True):
+        arch_spec = None
+        if pretrained:
+            model = timm.create_model(cfg.checkpoint, pretrained=True, img_size=cfg.image_size)
+        else:  # architecture: {model_name: a timm model name, its kwargs, image_mean, image_std}
+            arch, arch_spec = split_architecture(cfg)
+            name = arch.pop("model_name")
+            model = timm.create_model(name, pretrained=False, img_size=cfg.image_size, **arch)
         depth = len(model.blocks)
         if cfg.select_layer == 0 or not -depth <= cfg.select_layer <= depth:
             raise ValueError(
@@ -39,7 +45,7 @@ class TimmViTTower(VisionTower):
             )
         block = cfg.select_layer - 1 if cfg.select_layer > 0 else depth + cfg.select_layer
         data_cfg = resolve_data_config(model=model)
-        spec = ImageSpec(
+        spec = arch_spec or ImageSpec(
             image_size=cfg.image_size,
             mean=tuple(float(v) for v in data_cfg["mean"]),
             std=tuple(float(v) for v in data_cfg["std"]),
