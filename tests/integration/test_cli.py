@@ -76,3 +76,15 @@ def test_user_errors_are_one_clear_line(args, message, tmp_path):
     output = proc.stdout + proc.stderr
     assert message in output
     assert "Traceback" not in output
+
+
+def test_sva_connector_run(tiny_overrides, tmp_path):
+    """model=tiny with the SVA connector (also inside the LLM) trains both stages and evaluates."""
+    proc = cli([*tiny_overrides, "model/connector=tiny_sva"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    finetune = results["stages"]["finetune"]
+    assert finetune["eval"]["count"] == 8
+    stage1 = load_file(str(tmp_path / "run" / "pretrain" / "checkpoint" / "connector.safetensors"))
+    assert any(k.startswith("connector.vision_sampler_layers.1.") for k in stage1)
+    assert finetune["init_digest"] == tensors_digest(stage1)
