@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from cambrian_train.backends import build_backend
 from cambrian_train.config.schema import StageConfig, TrainConfig
-from cambrian_train.config.validate import vision_slot_len
+from cambrian_train.config.validate import resolve_batches, vision_slot_len
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import ImageTextEncoder, SupervisedDataset
 from cambrian_train.data.loader import EpochSampler, SkipStats, batch_stream
@@ -107,9 +107,8 @@ def run_stage(cfg, stage, backend, tokenizer, run_logger, init_from: Optional[st
         pad_id=tokenizer.pad_token_id,
         image_specs=encoder.image_specs,
     )
-    stream = batch_stream(
-        dataset, sampler, stage.per_device_batch_size, collate_fn, skips, cfg.data.num_workers
-    )
+    host_batch = backend.host_batch_size(stage.per_device_batch_size)
+    stream = batch_stream(dataset, sampler, host_batch, collate_fn, skips, cfg.data.num_workers)
     steps = planned_steps(stage, len(dataset))
     result = train_stage(stage, model, groups, backend, stream, steps, run_logger)
     ckpt = save_stage_checkpoint(
@@ -161,6 +160,7 @@ def run(cfg: TrainConfig) -> Dict:
     log.info("output_dir: %s", out)
     backend = build_backend(cfg.backend, cfg.mesh)
     backend.setup()
+    cfg = resolve_batches(cfg, backend.mesh)
     prepare_data(cfg)
     tokenizer = load_tokenizer(cfg.model.llm)
     run_logger = RunLogger(

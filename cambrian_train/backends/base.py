@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Iterable
+from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 
 from cambrian_train.batch import Batch
 from cambrian_train.config.schema import BackendConfig, MeshConfig
+from cambrian_train.config.validate import resolve_mesh
 
 
 class Backend(abc.ABC):
@@ -43,7 +44,27 @@ class Backend(abc.ABC):
         return self.world_size
 
     def setup(self) -> None:
-        """Initialise the runtime (process groups, meshes); called once before building models."""
+        """Start the runtime, size the mesh from its devices, then build the backend's mesh.
+
+        Called once, before any model is built; a mesh that does not fit is a ConfigError.
+        """
+        self.start()
+        self.mesh = resolve_mesh(self.mesh, self.device_count())
+        self.configure_mesh()
+
+    def start(self) -> None:
+        """Initialise the runtime (process groups, SPMD mode)."""
+
+    def device_count(self) -> int:
+        """Devices of the whole run."""
+        return 1
+
+    def configure_mesh(self) -> None:
+        """Build whatever the backend needs from the resolved ``self.mesh``."""
+
+    def host_batch_size(self, per_device_batch_size: int) -> int:
+        """Samples this process loads per micro-step (SPMD: one host feeds several devices)."""
+        return per_device_batch_size
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Move/shard/wrap a model whose trainable parameters are already marked."""
@@ -51,6 +72,18 @@ class Backend(abc.ABC):
 
     def move_batch(self, batch: Batch) -> Batch:
         return batch.to(self.device)
+
+    def device_stream(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        """Host batches → device batches (XLA shards them on the way)."""
+        return (self.move_batch(b) for b in batches)
+
+    def enable_gradient_checkpointing(self, model: nn.Module) -> None:
+        """Recompute decoder-layer activations in the backward pass."""
+        model.llm.gradient_checkpointing_enable({"use_reentrant": False})
+
+    def compile_count(self) -> Optional[int]:
+        """Graph compilations so far, where the backend compiles (XLA); None elsewhere."""
+        return None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.dtype == "bfloat16":

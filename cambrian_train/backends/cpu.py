@@ -16,6 +16,6 @@ class CPUBackend(Backend):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def setup(self) -> None:
+    def start(self) -> None:
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)

@@ -118,7 +118,7 @@ class StageConfig:
     init_from: Optional[str] = None  # checkpoint dir whose connector initialises this stage
     require_init: bool = False  # true: error when run first without init_from
     global_batch_size: int = MISSING
-    per_device_batch_size: int = MISSING
+    per_device_batch_size: Optional[int] = None  # None = global / (accumulation x dp size)
     grad_accum_steps: int = 1
     lr: float = MISSING  # connector lr (and LLM lr when train_llm)
     sva_lr: Optional[float] = None  # lr of SVA parameters; None = lr
@@ -144,16 +144,22 @@ class BackendConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     compile: bool = False  # torch.compile (cuda) — ignored elsewhere
     num_threads: Optional[int] = None  # cpu: torch threads
+    compile_warmup_steps: int = 3  # steps after which the compile count must stay constant
+    on_recompile: str = "warn"  # off | warn | error: compiles after warm-up (XLA)
 
 
 @dataclass
 class MeshConfig:
-    """Device mesh. The data-parallel size (batch split) is data * fsdp."""
+    """Device mesh. The data-parallel size (batch split) is data * fsdp.
 
-    name: str = "single"
-    num_devices: int = 1
+    ``num_devices: 0`` means all devices of the run and ``fsdp: 0`` what data x tensor leave
+    (the ``auto`` mesh), resolved at start-up.
+    """
+
+    name: str = "auto"
+    num_devices: int = 0
     data: int = 1
-    fsdp: int = 1
+    fsdp: int = 0
     tensor: int = 1
 
 

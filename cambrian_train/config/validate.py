@@ -6,10 +6,12 @@ Every failure is a :class:`ConfigError` whose message is one line naming the fie
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+from typing import Optional
 
-from cambrian_train.config.schema import TrainConfig
+from cambrian_train.config.schema import MeshConfig, TrainConfig
 from cambrian_train.registry import BACKENDS, CONNECTORS, LLMS, VISION_TOWERS
 
 SELECT_FEATURES = ("patch", "cls_patch")
@@ -26,8 +28,10 @@ def is_square(n: int) -> bool:
     return n > 0 and math.isqrt(n) ** 2 == n
 
 
-def data_parallel_size(cfg: TrainConfig) -> int:
-    """Number of batch shards: the mesh's data and fsdp axes."""
+def data_parallel_size(cfg: TrainConfig) -> Optional[int]:
+    """Number of batch shards (the mesh's data x fsdp axes); None while the mesh is ``auto``."""
+    if cfg.mesh.num_devices == 0 or cfg.mesh.fsdp == 0:
+        return None
     return cfg.mesh.data * cfg.mesh.fsdp
 
 
@@ -132,6 +136,79 @@ def _check_sva(cfg: TrainConfig, errors: list[str]) -> None:
             )
 
 
+def batch_errors(cfg: TrainConfig, dp: int) -> list[str]:
+    """The identity global = per-device x accumulation x data-parallel size, per stage.
+
+    A ``per_device_batch_size`` left unset is derived from it and must come out whole.
+    """
+    errors = []
+    for name, st in cfg.stages.items():
+        key = f"stages.{name}"
+        if st.grad_accum_steps < 1 or st.global_batch_size < 1:
+            errors.append(
+                f"{key}: global_batch_size={st.global_batch_size} and grad_accum_steps="
+                f"{st.grad_accum_steps} must be >= 1"
+            )
+            continue
+        if st.per_device_batch_size is None:
+            if st.global_batch_size % (st.grad_accum_steps * dp):
+                errors.append(
+                    f"{key}.global_batch_size={st.global_batch_size} is not divisible by "
+                    f"grad_accum_steps={st.grad_accum_steps} x data-parallel size={dp}"
+                )
+            continue
+        product = st.per_device_batch_size * st.grad_accum_steps * dp
+        if st.global_batch_size != product:
+            hint = ""
+            denom = st.per_device_batch_size * dp
+            if denom and st.global_batch_size % denom == 0:
+                hint = f"; set {key}.grad_accum_steps={st.global_batch_size // denom}"
+            errors.append(
+                f"{key}.global_batch_size={st.global_batch_size} != per_device_batch_size="
+                f"{st.per_device_batch_size} x grad_accum_steps={st.grad_accum_steps} x "
+                f"data-parallel size={dp} (= {product}){hint}"
+            )
+    return errors
+
+
+def resolve_mesh(mesh: MeshConfig, device_count: int) -> MeshConfig:
+    """Size an ``auto`` mesh (num_devices 0 = all devices, fsdp 0 = what the other axes leave)
+    and check it against the devices the runtime has."""
+    num = mesh.num_devices or device_count
+    fsdp = mesh.fsdp
+    if fsdp == 0:
+        if num % (mesh.data * mesh.tensor):
+            raise ConfigError(
+                f"mesh.data={mesh.data} x mesh.tensor={mesh.tensor} does not divide the "
+                f"{num} devices"
+            )
+        fsdp = num // (mesh.data * mesh.tensor)
+    resolved = dataclasses.replace(mesh, num_devices=num, fsdp=fsdp)
+    if resolved.data * resolved.fsdp * resolved.tensor != num or num != device_count:
+        raise ConfigError(
+            f"mesh {mesh.name} (data={resolved.data} x fsdp={resolved.fsdp} x tensor="
+            f"{resolved.tensor}, num_devices={num}) does not fit the {device_count} devices "
+            "of this run"
+        )
+    return resolved
+
+
+def resolve_batches(cfg: TrainConfig, mesh: MeshConfig) -> TrainConfig:
+    """Check the batch identity on the resolved mesh and fill in derived per-device batches."""
+    dp = mesh.data * mesh.fsdp
+    errors = batch_errors(cfg, dp)
+    _raise(errors)
+    stages = {
+        name: dataclasses.replace(
+            st,
+            per_device_batch_size=st.per_device_batch_size
+            or st.global_batch_size // (st.grad_accum_steps * dp),
+        )
+        for name, st in cfg.stages.items()
+    }
+    return dataclasses.replace(cfg, stages=stages, mesh=mesh)
+
+
 def _check_stages(cfg: TrainConfig, errors: list[str]) -> None:
     if not cfg.run_stages:
         errors.append("run_stages is empty: name at least one of stages")
@@ -146,19 +223,10 @@ def _check_stages(cfg: TrainConfig, errors: list[str]) -> None:
                 f"stage-1 checkpoint, or set stages.{name}.require_init=false to start from a "
                 "freshly initialised connector"
             )
+    if dp is not None:  # known before start-up unless the mesh is sized from the devices
+        errors.extend(batch_errors(cfg, dp))
     for name, st in cfg.stages.items():
         key = f"stages.{name}"
-        product = st.per_device_batch_size * st.grad_accum_steps * dp
-        if st.global_batch_size != product:
-            hint = ""
-            denom = st.per_device_batch_size * dp
-            if denom and st.global_batch_size % denom == 0:
-                hint = f"; set {key}.grad_accum_steps={st.global_batch_size // denom}"
-            errors.append(
-                f"{key}.global_batch_size={st.global_batch_size} != per_device_batch_size="
-                f"{st.per_device_batch_size} x grad_accum_steps={st.grad_accum_steps} x "
-                f"data-parallel size={dp} (= {product}){hint}"
-            )
         if st.dataset not in ("train", "pretrain"):
             errors.append(f"{key}.dataset={st.dataset!r} is not one of ['train', 'pretrain']")
         if st.lr_schedule not in SCHEDULES:
@@ -213,17 +281,32 @@ def _check_data(cfg: TrainConfig, errors: list[str]) -> None:
 
 def _check_runtime(cfg: TrainConfig, errors: list[str]) -> None:
     mesh = cfg.mesh
-    if min(mesh.data, mesh.fsdp, mesh.tensor, mesh.num_devices) < 1:
-        errors.append(f"mesh axes must be >= 1, got {mesh}")
+    if min(mesh.data, mesh.tensor) < 1 or min(mesh.fsdp, mesh.num_devices) < 0:
+        errors.append(f"mesh axes must be >= 1 (fsdp, num_devices: 0 = auto), got {mesh}")
+    elif data_parallel_size(cfg) is None:
+        pass  # sized from the runtime's devices at start-up (resolve_mesh)
     elif mesh.data * mesh.fsdp * mesh.tensor != mesh.num_devices:
         errors.append(
             f"mesh.data={mesh.data} x mesh.fsdp={mesh.fsdp} x mesh.tensor={mesh.tensor} != "
             f"mesh.num_devices={mesh.num_devices}"
         )
-    if cfg.backend.name not in BACKENDS:
-        errors.append(f"backend.name={cfg.backend.name!r} is not one of {BACKENDS.names()}")
+    from cambrian_train.backends import LAZY
+
+    known = sorted(set(BACKENDS.names()) | set(LAZY))
+    if cfg.backend.name not in known:
+        errors.append(f"backend.name={cfg.backend.name!r} is not one of {known}")
     if cfg.backend.dtype not in DTYPES:
         errors.append(f"backend.dtype={cfg.backend.dtype!r} is not one of {list(DTYPES)}")
+    if cfg.backend.name == "xla_spmd" and cfg.backend.dtype != "float32":
+        errors.append(
+            f"backend.dtype={cfg.backend.dtype!r}: the xla_spmd backend computes in the "
+            "parameters' dtype; set model.llm.dtype=bfloat16 for bf16 instead"
+        )
+    if cfg.backend.on_recompile not in ("off", "warn", "error"):
+        errors.append(
+            f"backend.on_recompile={cfg.backend.on_recompile!r} is not one of "
+            "['off', 'warn', 'error']"
+        )
     if cfg.logger.wandb_mode not in ("offline", "online", "auto"):
         errors.append(
             f"logger.wandb_mode={cfg.logger.wandb_mode!r} is not one of ['offline', 'online', "

@@ -12,9 +12,16 @@ from cambrian_train.train.stage import ParamGroup
 
 
 def build_optimizer(groups: List[ParamGroup], stage: StageConfig) -> torch.optim.AdamW:
+    # Tensor learning rates: the schedule writes into them in place, so a compiled (XLA) graph
+    # takes the lr as data and never recompiles when it changes.
     return torch.optim.AdamW(
         [
-            {"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay, "name": g.name}
+            {
+                "params": g.params,
+                "lr": torch.tensor(g.lr),
+                "weight_decay": g.weight_decay,
+                "name": g.name,
+            }
             for g in groups
         ],
         betas=tuple(stage.betas),

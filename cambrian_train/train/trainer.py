@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import torch
 from tqdm import tqdm
@@ -34,6 +35,42 @@ class StageResult:
     seconds: float
     samples_per_s: float
     tokens_per_s: float
+
+
+def _record_sizes(stream: Iterator[Batch], sizes: deque) -> Iterator[Batch]:
+    """Pass host batches through, noting their real-token and sample counts (read on the host,
+    before any device transfer, so throughput never costs a device sync)."""
+    for batch in stream:
+        sizes.append((int(batch.attention_mask.sum()), batch.batch_size))
+        yield batch
+
+
+class CompileWatch:
+    """Watches the backend's graph-compile count: after ``compile_warmup_steps`` it must stay
+    constant; growth means shapes or Python values change between steps (XLA recompiles)."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.mode = backend.cfg.on_recompile
+        self.warmup = backend.cfg.compile_warmup_steps
+        self.count = backend.compile_count()
+        self.baseline: Optional[int] = None
+
+    def after_step(self, step: int) -> None:
+        self.count = self.backend.compile_count()
+        if self.count is None or self.mode == "off":
+            return
+        if step == self.warmup:
+            self.baseline = self.count
+        elif self.baseline is not None and self.count > self.baseline:
+            message = (
+                f"{self.count - self.baseline} graph compilation(s) after warm-up, at step {step}: "
+                "a shape or Python value changes between steps"
+            )
+            if self.mode == "error":
+                raise RuntimeError(message + " (backend.on_recompile=error)")
+            log.warning("%s", message)
+            self.baseline = self.count
 
 
 def planned_steps(stage: StageConfig, num_records: int) -> int:
@@ -74,8 +111,11 @@ def train_stage(
     scheduler = build_scheduler(optimizer, stage, total_steps)
     params = [p for g in groups for p in g.params]
     if stage.gradient_checkpointing:
-        model.llm.gradient_checkpointing_enable({"use_reentrant": False})
+        backend.enable_gradient_checkpointing(model)
     model.train()
+    sizes: deque = deque()  # (tokens, samples) of each host batch, consumed in order
+    batches = backend.device_stream(_record_sizes(stream, sizes))
+    watch = CompileWatch(backend)
 
     show_bar = backend.is_main and run_logger.cfg.progress_bar
     bar = tqdm(total=total_steps, desc=stage.name, disable=not show_bar)
@@ -87,11 +127,10 @@ def train_stage(
     for step in range(total_steps):
         step_loss = torch.zeros((), device=backend.device)
         for _ in range(stage.grad_accum_steps):
-            batch = next(stream)
-            n_tokens = int(batch.attention_mask.sum())  # host-side, before the move
+            batch = next(batches)
+            n_tokens, n_samples = sizes.popleft()
             window_tokens += n_tokens
-            window_samples += batch.batch_size
-            batch = backend.move_batch(batch)
+            window_samples += n_samples
             with backend.autocast():
                 loss = model(batch)
             (loss / stage.grad_accum_steps).backward()
@@ -101,12 +140,13 @@ def train_stage(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         backend.step_done()
+        watch.after_step(step + 1)
         pending.append(step_loss)
         bar.update(1)
 
         last = step + 1 == total_steps
         if (step + 1) % stage.log_every == 0 or last or step == 0:
-            losses = torch.stack(pending).float().cpu().tolist()  # the one host sync
+            losses = [float(t) for t in pending]  # transfers of finished values, no new graph
             first_step = step + 1 - len(losses)
             for k, value in enumerate(losses[:-1]):
                 run_logger.log(stage.name, first_step + k + 1, {"loss": value})
@@ -117,8 +157,10 @@ def train_stage(
                 "grad_norm": float(grad_norm),
                 "tokens_per_s": window_tokens / elapsed,
                 "samples_per_s": window_samples / elapsed,
-                **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups},
+                **{f"lr/{g['name']}": float(g["lr"]) for g in optimizer.param_groups},
             }
+            if watch.count is not None:
+                metrics["compiles"] = watch.count
             run_logger.log(stage.name, step + 1, metrics)
             if step == 0:
                 first_loss = losses[0]
@@ -126,7 +168,7 @@ def train_stage(
             tokens += window_tokens
             samples += window_samples
             window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
-            lr = optimizer.param_groups[0]["lr"]
+            lr = float(optimizer.param_groups[0]["lr"])
             bar.set_postfix(
                 loss=f"{final_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}"
             )

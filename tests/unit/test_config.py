@@ -155,7 +155,14 @@ def test_validation_insertion_beyond_depth(compose):
 
 
 def test_validation_global_batch(compose):
-    cfg = compose(["experiment=demo", "stages.finetune.grad_accum_steps=3"])
+    cfg = compose(
+        [
+            "experiment=demo",
+            "mesh=single",
+            "stages.finetune.per_device_batch_size=16",
+            "stages.finetune.grad_accum_steps=3",
+        ]
+    )
     msg = _errors(cfg)
     assert (
         "stages.finetune.global_batch_size=32 != per_device_batch_size=16 x "
@@ -176,3 +183,19 @@ def test_validation_missing_data_path(compose, tmp_path):
     )
     with pytest.raises(ConfigError, match=f"data.train_path={tmp_path}/nope.jsonl does not exist"):
         validate(cfg)
+
+
+def test_auto_mesh_and_derived_per_device_batch(compose):
+    from cambrian_train.config.validate import resolve_batches, resolve_mesh
+
+    cfg = compose(["experiment=demo"])
+    validate(cfg, check_paths=False)  # auto mesh: the batch identity waits for the devices
+    mesh = resolve_mesh(cfg.mesh, 4)
+    assert (mesh.num_devices, mesh.fsdp) == (4, 4)
+    resolved = resolve_batches(cfg, mesh)
+    assert resolved.stages["pretrain"].per_device_batch_size == 8  # 32 / (1 x 4)
+    assert resolved.stages["finetune"].per_device_batch_size == 4  # 32 / (2 x 4)
+    with pytest.raises(ConfigError, match="not divisible by grad_accum_steps=2 x data-parallel"):
+        resolve_batches(cfg, resolve_mesh(cfg.mesh, 3))
+    with pytest.raises(ConfigError, match="does not fit the 2 devices"):
+        resolve_mesh(compose(["mesh=xla_cpu_4"]).mesh, 2)
