@@ -33,7 +33,7 @@ from cambrian_train.models import build_model
 from cambrian_train.models.llm import load_tokenizer
 from cambrian_train.train.checkpoint import load_connector, save_stage_checkpoint
 from cambrian_train.train.metrics import RunLogger
-from cambrian_train.train.stage import apply_stage
+from cambrian_train.train.stage import freeze_for_stage, stage_param_groups
 from cambrian_train.train.trainer import planned_steps, train_stage
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,9 @@ def run_stage(cfg, stage, backend, tokenizer, run_logger, init_from: Optional[st
             init_from,
             init_digest,
         )
-    groups = apply_stage(model, stage)
-    model = backend.prepare_model(model)
+    freeze_for_stage(model, stage)
+    model = backend.prepare_model(model)  # may replace parameters (sharding)
+    groups = stage_param_groups(model, stage)
 
     encoder = make_encoder(cfg, stage, tokenizer, model)
     records = open_records(stage_data_path(cfg, stage))
@@ -111,12 +112,14 @@ def run_stage(cfg, stage, backend, tokenizer, run_logger, init_from: Optional[st
     stream = batch_stream(dataset, sampler, host_batch, collate_fn, skips, cfg.data.num_workers)
     steps = planned_steps(stage, len(dataset))
     result = train_stage(stage, model, groups, backend, stream, steps, run_logger)
-    ckpt = save_stage_checkpoint(
-        model,
-        out / stage.name / "checkpoint",
-        {"stage": stage.name, "steps": steps, "init_from": init_from, "init_digest": init_digest},
-    )
-    log.info("stage %s: checkpoint at %s", stage.name, ckpt)
+    full = backend.full_state_dict(model)  # collective: every process takes part
+    ckpt = out / stage.name / "checkpoint"
+    if backend.is_main:
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        info = {"stage": stage.name, "steps": steps, "init_from": init_from}
+        save_stage_checkpoint(full, trainable, ckpt, dict(info, init_digest=init_digest))
+        log.info("stage %s: checkpoint at %s", stage.name, ckpt)
+    backend.barrier()
     if skips.total:
         log.warning("stage %s skipped %d records: %s", stage.name, skips.total, skips.counts)
     summary = {
@@ -128,12 +131,19 @@ def run_stage(cfg, stage, backend, tokenizer, run_logger, init_from: Optional[st
     }
     if stage.eval_after and cfg.data.test_path:
         questions = load_questions(cfg.data.test_path)[: cfg.eval.max_samples]
-        scores = evaluate_vqa(
-            model, encoder, questions, backend.device, cfg.eval.batch_size, cfg.eval.max_new_tokens
-        )
-        (out / stage.name / "predictions.jsonl").write_text(
-            "".join(json.dumps(p) + "\n" for p in scores["predictions"])
-        )
+        with backend.gathered(model):
+            scores = evaluate_vqa(
+                model,
+                encoder,
+                questions,
+                backend.device,
+                cfg.eval.batch_size,
+                cfg.eval.max_new_tokens,
+            )
+        if backend.is_main:
+            (out / stage.name / "predictions.jsonl").write_text(
+                "".join(json.dumps(p) + "\n" for p in scores["predictions"])
+            )
         summary["eval"] = {"accuracy": scores["accuracy"], "count": scores["count"]}
         log.info(
             "stage %s: test accuracy %.4f on %d", stage.name, scores["accuracy"], scores["count"]
@@ -160,6 +170,8 @@ def run(cfg: TrainConfig) -> Dict:
     log.info("output_dir: %s", out)
     backend = build_backend(cfg.backend, cfg.mesh)
     backend.setup()
+    if not backend.is_main:  # one voice per run: other processes report only problems
+        logging.getLogger("cambrian_train").setLevel(logging.WARNING)
     cfg = resolve_batches(cfg, backend.mesh)
     prepare_data(cfg)
     tokenizer = load_tokenizer(cfg.model.llm)

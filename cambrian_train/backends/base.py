@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Iterable, Iterator, Optional
+from typing import Dict, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -92,6 +92,19 @@ class Backend(abc.ABC):
 
     def clip_grad_norm(self, params: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
         return torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+
+    def gathered(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """Context in which the model's own (root) parameters are whole, for calls that bypass
+        ``model.forward`` (generation)."""
+        return contextlib.nullcontext()
+
+    def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean of ``value`` over data-parallel processes (each holds its own batch's loss)."""
+        return value
+
+    def full_state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
+        """Unsharded CPU tensors of the whole model (complete on the main process)."""
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     def step_done(self) -> None:
         """End of an optimiser step (XLA cuts the graph here)."""

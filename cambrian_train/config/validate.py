@@ -136,13 +136,18 @@ def _check_sva(cfg: TrainConfig, errors: list[str]) -> None:
             )
 
 
+def _run_stages(cfg: TrainConfig):
+    """(name, stage) of the stages this run trains (others are not checked)."""
+    return [(name, cfg.stages[name]) for name in cfg.run_stages if name in cfg.stages]
+
+
 def batch_errors(cfg: TrainConfig, dp: int) -> list[str]:
     """The identity global = per-device x accumulation x data-parallel size, per stage.
 
     A ``per_device_batch_size`` left unset is derived from it and must come out whole.
     """
     errors = []
-    for name, st in cfg.stages.items():
+    for name, st in _run_stages(cfg):
         key = f"stages.{name}"
         if st.grad_accum_steps < 1 or st.global_batch_size < 1:
             errors.append(
@@ -198,14 +203,13 @@ def resolve_batches(cfg: TrainConfig, mesh: MeshConfig) -> TrainConfig:
     dp = mesh.data * mesh.fsdp
     errors = batch_errors(cfg, dp)
     _raise(errors)
-    stages = {
-        name: dataclasses.replace(
+    stages = dict(cfg.stages)
+    for name, st in _run_stages(cfg):
+        stages[name] = dataclasses.replace(
             st,
             per_device_batch_size=st.per_device_batch_size
             or st.global_batch_size // (st.grad_accum_steps * dp),
         )
-        for name, st in cfg.stages.items()
-    }
     return dataclasses.replace(cfg, stages=stages, mesh=mesh)
 
 
@@ -225,7 +229,7 @@ def _check_stages(cfg: TrainConfig, errors: list[str]) -> None:
             )
     if dp is not None:  # known before start-up unless the mesh is sized from the devices
         errors.extend(batch_errors(cfg, dp))
-    for name, st in cfg.stages.items():
+    for name, st in _run_stages(cfg):
         key = f"stages.{name}"
         if st.dataset not in ("train", "pretrain"):
             errors.append(f"{key}.dataset={st.dataset!r} is not one of ['train', 'pretrain']")

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Set
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -23,13 +23,18 @@ TRAINABLE_FILE = "trainable.safetensors"
 STATE_FILE = "state.json"
 
 
-def connector_state(model) -> Dict[str, torch.Tensor]:
-    """Connector and newline tensors, keyed as in ``model.state_dict()``."""
+def connector_tensors(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The connector and newline entries of a model state dict, as contiguous CPU tensors."""
     return {
         k: v.detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
+        for k, v in state_dict.items()
         if k.startswith("connector.") or k == "image_newline"
     }
+
+
+def connector_state(model) -> Dict[str, torch.Tensor]:
+    """Connector and newline tensors of an unsharded model, keyed as in its state dict."""
+    return connector_tensors(model.state_dict())
 
 
 def tensors_digest(tensors: Dict[str, torch.Tensor]) -> str:
@@ -41,18 +46,16 @@ def tensors_digest(tensors: Dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def save_stage_checkpoint(model, out_dir: Path, state: dict) -> Path:
+def save_stage_checkpoint(
+    state_dict: Dict[str, torch.Tensor], trainable: Set[str], out_dir: Path, state: dict
+) -> Path:
+    """Write the full (unsharded) ``state_dict``'s trained and connector tensors."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
-    trained = {
-        k: v.detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-        if k in trainable_names
-    }
-    connector = connector_state(model)
+    trained = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if k in trainable}
+    connector = connector_tensors(state_dict)
     save_file(trained, str(tmp / TRAINABLE_FILE))
     save_file(connector, str(tmp / CONNECTOR_FILE))
     state = dict(state, connector_digest=tensors_digest(connector))

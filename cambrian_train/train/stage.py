@@ -42,35 +42,51 @@ def lr_scale(stage: StageConfig) -> float:
     return math.sqrt(stage.global_batch_size / stage.base_batch_size)
 
 
-def apply_stage(model, stage: StageConfig) -> List[ParamGroup]:
-    """Freeze what the stage does not train and return the optimiser groups of the rest."""
-    groups = model.param_groups()  # {connector, sva, llm, towers: [params]}
-    trains = {
-        "connector": True,
-        "sva": True,
-        "llm": stage.train_llm,
-        "towers": False,
-    }
-    for p in model.parameters():
-        p.requires_grad_(False)
-    tower_params = {
+def _trained(model, stage: StageConfig) -> Dict[str, List[nn.Parameter]]:
+    """Per group, the parameters the stage trains (towers only when ``trainable``)."""
+    trainable_towers = {
         id(p) for tower in model.towers.values() if tower.cfg.trainable for p in tower.parameters()
     }
+    trains = {"connector": True, "sva": True, "llm": stage.train_llm, "towers": False}
+    return {
+        name: [p for p in params if trains[name] or id(p) in trainable_towers]
+        for name, params in model.param_groups().items()
+    }
+
+
+def freeze_for_stage(model, stage: StageConfig) -> None:
+    """``requires_grad`` on exactly the parameters the stage trains."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    chosen = [p for params in _trained(model, stage).values() for p in params]
+    if not chosen:
+        raise ValueError(f"stage {stage.name!r} trains no parameter")
+    for p in chosen:
+        p.requires_grad_(True)
+
+
+def stage_param_groups(model, stage: StageConfig) -> List[ParamGroup]:
+    """Optimiser groups of the trained parameters, with per-group lr and no decay on vectors.
+
+    Call it on the model the optimiser will update: after a backend has sharded it, its
+    parameters are new objects.
+    """
     lrs = group_lrs(stage, lr_scale(stage))
     out: List[ParamGroup] = []
-    for name, params in groups.items():
-        chosen = [p for p in params if trains[name] or (name == "towers" and id(p) in tower_params)]
-        for p in chosen:
-            p.requires_grad_(True)
+    for name, chosen in _trained(model, stage).items():
         decay = [p for p in chosen if p.ndim >= 2]
         no_decay = [p for p in chosen if p.ndim < 2]
         if decay:
             out.append(ParamGroup(name, decay, lrs[name], stage.weight_decay))
         if no_decay:
             out.append(ParamGroup(f"{name}_no_decay", no_decay, lrs[name], 0.0))
-    if not out:
-        raise ValueError(f"stage {stage.name!r} trains no parameter")
     return out
+
+
+def apply_stage(model, stage: StageConfig) -> List[ParamGroup]:
+    """Freeze for ``stage`` and return its optimiser groups (an unsharded model)."""
+    freeze_for_stage(model, stage)
+    return stage_param_groups(model, stage)
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:

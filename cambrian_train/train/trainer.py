@@ -146,7 +146,8 @@ def train_stage(
 
         last = step + 1 == total_steps
         if (step + 1) % stage.log_every == 0 or last or step == 0:
-            losses = [float(t) for t in pending]  # transfers of finished values, no new graph
+            # transfers of finished values (no new graph); the mean over data-parallel processes
+            losses = [float(backend.reduce_mean(t)) for t in pending]
             first_step = step + 1 - len(losses)
             for k, value in enumerate(losses[:-1]):
                 run_logger.log(stage.name, first_step + k + 1, {"loss": value})

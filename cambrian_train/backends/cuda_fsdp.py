@@ -1,0 +1,112 @@
+"""The CUDA backend: ``torchrun`` processes, FSDP2 (``fully_shard``) over a device mesh.
+
+One process per GPU. Every decoder layer, every tower and the connector are their own FSDP2
+units and the whole model the root unit, so parameters are all-gathered a layer at a time.
+bf16 mixed precision keeps float32 master weights and reduces gradients in float32. Without
+CUDA the same code runs on CPU with the gloo process group, which is how the tests exercise it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Dict
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from cambrian_train.backends.base import Backend
+from cambrian_train.models.llm import decoder_layers
+from cambrian_train.registry import BACKENDS
+
+log = logging.getLogger(__name__)
+
+
+@BACKENDS.register("cuda_fsdp")
+class CudaFsdpBackend(Backend):
+    name = "cuda_fsdp"
+
+    def start(self) -> None:
+        self.cuda = torch.cuda.is_available()
+        if not dist.is_initialized():
+            if "RANK" not in os.environ:
+                os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+                os.environ.setdefault("MASTER_PORT", "29511")
+            dist.init_process_group("nccl" if self.cuda else "gloo")
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if self.cuda:
+            torch.cuda.set_device(local_rank)
+            self._device = torch.device("cuda", local_rank)
+        else:
+            self._device = torch.device("cpu")
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def device_count(self) -> int:
+        return self.world_size
+
+    def configure_mesh(self) -> None:
+        if self.mesh.tensor != 1:
+            raise ValueError(f"mesh.tensor={self.mesh.tensor}: cuda_fsdp shards with FSDP only")
+        if self.mesh.data > 1:  # HSDP: replicate across data, shard within fsdp
+            shape, names = (self.mesh.data, self.mesh.fsdp), ("data", "fsdp")
+        else:
+            shape, names = (self.mesh.fsdp,), ("fsdp",)
+        self.device_mesh = init_device_mesh(self.device.type, shape, mesh_dim_names=names)
+        log.info(
+            "FSDP2 on %d %s processes, mesh %s=%s", self.world_size, self.device.type, names, shape
+        )
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        policy = MixedPrecisionPolicy()
+        if self.cfg.dtype == "bfloat16":
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        shard = dict(mesh=self.device_mesh, mp_policy=policy)
+        for layer in decoder_layers(model.llm):
+            fully_shard(layer, **shard)
+        for tower in model.towers.values():
+            fully_shard(tower, **shard)
+        fully_shard(model.connector, **shard)
+        fully_shard(model, **shard)
+        if self.cfg.compile:
+            for layer in decoder_layers(model.llm):
+                layer.compile()
+        return model
+
+    @contextlib.contextmanager
+    def gathered(self, model: nn.Module):
+        model.unshard()
+        try:
+            yield
+        finally:
+            model.reshard()
+
+    def clip_grad_norm(self, params, max_norm: float) -> torch.Tensor:
+        norm = torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+    def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value / self.world_size
+
+    def full_state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=options)
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
