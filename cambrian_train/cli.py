@@ -37,10 +37,15 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
 def _main(cfg: DictConfig) -> None:
     from cambrian_train.run import run  # heavy imports only once the config is known good
 
+    from cambrian_train.train.trainer import TrainingDiverged
+
     try:
         train_cfg = to_train_config(cfg)
         validate(train_cfg)
         run(train_cfg)
+    except TrainingDiverged as err:
+        log.error("%s", err)
+        sys.exit(3)
     except ValueError as err:  # ConfigError, DataError and loaders' checks: user errors
         if os.environ.get("CAMBRIAN_TRACEBACK"):
             raise

@@ -34,7 +34,7 @@ from cambrian_train.models.llm import load_tokenizer
 from cambrian_train.train.checkpoint import load_connector, save_stage_checkpoint
 from cambrian_train.train.metrics import RunLogger
 from cambrian_train.train.stage import freeze_for_stage, stage_param_groups
-from cambrian_train.train.trainer import planned_steps, train_stage
+from cambrian_train.train.trainer import TrainingDiverged, planned_steps, train_stage
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,15 @@ def make_encoder(cfg: TrainConfig, stage: StageConfig, tokenizer, model) -> Imag
     )
 
 
+def save_checkpoint(backend, model, path: Path, state: dict) -> None:
+    """Gather the full state (every process takes part) and write it from the main one."""
+    full = backend.full_state_dict(model)
+    if backend.is_main:
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        save_stage_checkpoint(full, trainable, path, state)
+    backend.barrier()
+
+
 def run_stage(cfg, stage, backend, tokenizer, run_logger, init_from: Optional[str], out: Path):
     """Train one stage; returns (results dict, checkpoint dir, model)."""
     seed_everything(cfg.seed)
@@ -111,15 +120,16 @@ def run_stage(cfg, stage, backend, tokenizer, run_logger, init_from: Optional[st
     host_batch = backend.host_batch_size(stage.per_device_batch_size)
     stream = batch_stream(dataset, sampler, host_batch, collate_fn, skips, cfg.data.num_workers)
     steps = planned_steps(stage, len(dataset))
-    result = train_stage(stage, model, groups, backend, stream, steps, run_logger)
-    full = backend.full_state_dict(model)  # collective: every process takes part
+    try:
+        result = train_stage(stage, model, groups, backend, stream, steps, run_logger)
+    except TrainingDiverged as err:
+        path = out / stage.name / "checkpoint-last-good"
+        save_checkpoint(backend, model, path, {"stage": stage.name, "diverged": str(err)})
+        raise TrainingDiverged(f"{err}; last good state saved to {path}") from None
     ckpt = out / stage.name / "checkpoint"
-    if backend.is_main:
-        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-        info = {"stage": stage.name, "steps": steps, "init_from": init_from}
-        save_stage_checkpoint(full, trainable, ckpt, dict(info, init_digest=init_digest))
-        log.info("stage %s: checkpoint at %s", stage.name, ckpt)
-    backend.barrier()
+    info = {"stage": stage.name, "steps": steps, "init_from": init_from}
+    save_checkpoint(backend, model, ckpt, dict(info, init_digest=init_digest))
+    log.info("stage %s: checkpoint at %s", stage.name, ckpt)
     if skips.total:
         log.warning("stage %s skipped %d records: %s", stage.name, skips.total, skips.counts)
     summary = {

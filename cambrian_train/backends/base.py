@@ -106,6 +106,14 @@ class Backend(abc.ABC):
         """Unsharded CPU tensors of the whole model (complete on the main process)."""
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
+    eager = True  # False where values stay on the device until read (XLA)
+
+    def step_if_finite(self, optimizer, params, finite: torch.Tensor) -> None:
+        """Apply the optimiser step unless the loss or gradient norm is non-finite (skipped:
+        the parameters and optimiser state stay exactly as they were)."""
+        if bool(finite):
+            optimizer.step()
+
     def step_done(self) -> None:
         """End of an optimiser step (XLA cuts the graph here)."""
 

@@ -110,6 +110,16 @@ class XlaSpmdBackend(Backend):
             ),
         )
 
+    eager = False
+
+    def step_if_finite(self, optimizer, params, finite: torch.Tensor) -> None:
+        """Without a host sync: non-finite gradients become zeros before the step, so the
+        parameters move only by the optimiser's momentum on such a step."""
+        for p in params:
+            if p.grad is not None:
+                p.grad = torch.where(finite, p.grad, torch.zeros_like(p.grad))
+        optimizer.step()
+
     def step_done(self) -> None:
         torch_xla.sync()
 

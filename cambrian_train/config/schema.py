@@ -133,6 +133,7 @@ class StageConfig:
     max_steps: Optional[int] = None  # overrides epochs when set
     max_length: int = 2048  # sequence length L (static)
     grad_clip: float = 1.0
+    max_nonfinite_steps: int = 5  # stop after this many skipped (NaN/Inf) steps in a row
     gradient_checkpointing: bool = False
     log_every: int = 10
     eval_after: bool = True  # evaluate on data.test_path after the stage

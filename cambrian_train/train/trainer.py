@@ -35,6 +35,7 @@ class StageResult:
     seconds: float
     samples_per_s: float
     tokens_per_s: float
+    skipped_steps: int
 
 
 def _record_sizes(stream: Iterator[Batch], sizes: deque) -> Iterator[Batch]:
@@ -43,6 +44,10 @@ def _record_sizes(stream: Iterator[Batch], sizes: deque) -> Iterator[Batch]:
     for batch in stream:
         sizes.append((int(batch.attention_mask.sum()), batch.batch_size))
         yield batch
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row; the model holds the last good state."""
 
 
 class CompileWatch:
@@ -121,6 +126,8 @@ def train_stage(
     bar = tqdm(total=total_steps, desc=stage.name, disable=not show_bar)
     pending: List[torch.Tensor] = []
     first_loss = final_loss = float("nan")
+    skipped_total = torch.zeros((), dtype=torch.long, device=backend.device)  # non-finite steps
+    skipped_run = torch.zeros((), dtype=torch.long, device=backend.device)  # ... in a row
     samples = tokens = 0
     start = window_start = time.perf_counter()
     window_tokens = window_samples = 0
@@ -136,16 +143,28 @@ def train_stage(
             (loss / stage.grad_accum_steps).backward()
             step_loss += loss.detach() / stage.grad_accum_steps
         grad_norm = backend.clip_grad_norm(params, stage.grad_clip)
-        optimizer.step()
+        finite = torch.isfinite(step_loss) & torch.isfinite(grad_norm)
+        backend.step_if_finite(optimizer, params, finite)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        skipped_total = skipped_total + (~finite).long()
+        skipped_run = torch.where(finite, torch.zeros_like(skipped_run), skipped_run + 1)
         backend.step_done()
         watch.after_step(step + 1)
         pending.append(step_loss)
         bar.update(1)
-
         last = step + 1 == total_steps
-        if (step + 1) % stage.log_every == 0 or last or step == 0:
+        is_log_step = (step + 1) % stage.log_every == 0 or last or step == 0
+        if backend.eager or is_log_step:  # eager backends have the flag already; XLA waits
+            run = int(skipped_run)
+            if run >= stage.max_nonfinite_steps:
+                raise TrainingDiverged(
+                    f"stage {stage.name}: {run} optimizer steps in a row had a non-finite loss "
+                    f"or gradient (up to step {step + 1}); stopping (stages.{stage.name}."
+                    f"max_nonfinite_steps={stage.max_nonfinite_steps})"
+                )
+
+        if is_log_step:
             # transfers of finished values (no new graph); the mean over data-parallel processes
             losses = [float(backend.reduce_mean(t)) for t in pending]
             first_step = step + 1 - len(losses)
@@ -160,6 +179,7 @@ def train_stage(
                 "samples_per_s": window_samples / elapsed,
                 **{f"lr/{g['name']}": float(g["lr"]) for g in optimizer.param_groups},
             }
+            metrics["skipped_steps"] = int(skipped_total)
             if watch.count is not None:
                 metrics["compiles"] = watch.count
             run_logger.log(stage.name, step + 1, metrics)
@@ -185,6 +205,11 @@ def train_stage(
                     log.info("%s", line)
     bar.close()
     seconds = time.perf_counter() - start
+    skipped = int(skipped_total)
+    if skipped:
+        log.warning(
+            "stage %s: %d step(s) skipped: non-finite loss or gradient", stage.name, skipped
+        )
     if stage.gradient_checkpointing:
         model.llm.gradient_checkpointing_disable()
     return StageResult(
@@ -195,4 +220,5 @@ def train_stage(
         seconds,
         samples / seconds,
         tokens / seconds,
+        skipped,
     )

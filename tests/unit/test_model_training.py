@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -122,3 +123,37 @@ def test_connector_mismatch_is_a_clear_error(setup, tmp_path):
         load_connector(model, str(tmp_path))
     with pytest.raises(ValueError, match="no connector.safetensors"):
         load_connector(model, str(tmp_path / "missing"))
+
+
+def test_nonfinite_steps_are_skipped_then_the_run_stops(setup, tmp_path):
+    from cambrian_train.train.trainer import TrainingDiverged
+
+    cfg, model, tokenizer = setup
+    stage = dataclasses.replace(cfg.stages["pretrain"], max_nonfinite_steps=3, log_every=1)
+    groups = apply_stage(model, stage)
+    backend = build_backend(cfg.backend, cfg.mesh)
+    logger = RunLogger(cfg.logger, tmp_path, "t", {}, active=False)
+    stream = make_stream(cfg, stage, model, tokenizer)
+    calls = {"n": 0}
+    poisoned = {2, 5, 6, 7}  # forward calls (one per step here) whose loss becomes NaN
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] in poisoned else output
+
+    model.register_forward_hook(poison)
+
+    def connector():
+        return {k: v.clone() for k, v in model.state_dict().items() if k.startswith("connector.")}
+
+    start = connector()
+    train_stage(stage, model, groups, backend, stream, 1, logger)  # call 1: trains
+    after_good = connector()
+    assert any(not torch.equal(start[k], after_good[k]) for k in start)
+    result = train_stage(stage, model, groups, backend, stream, 1, logger)  # call 2: NaN
+    assert result.skipped_steps == 1
+    assert all(torch.equal(after_good[k], v) for k, v in connector().items())  # untouched
+    # calls 3, 4 train; 5, 6, 7 are NaN: the third in a row stops the run
+    with pytest.raises(TrainingDiverged, match="3 optimizer steps in a row"):
+        train_stage(stage, model, groups, backend, stream, 10, logger)
+    assert logger.history["pretrain"][-1]["skipped_steps"] == 2  # logged before the stop
