@@ -36,7 +36,6 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
 
 def _main(cfg: DictConfig) -> None:
     from cambrian_train.run import run  # heavy imports only once the config is known good
-
     from cambrian_train.train.trainer import TrainingDiverged
 
     try:

@@ -106,7 +106,8 @@ class XlaSpmdBackend(Backend):
         model.llm._set_gradient_checkpointing(
             enable=True,
             gradient_checkpointing_func=functools.partial(
-                xla_checkpoint.checkpoint, use_reentrant=False
+                xla_checkpoint.checkpoint,
+                use_reentrant=True,  # the only mode torch_xla has
             ),
         )
 
