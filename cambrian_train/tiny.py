@@ -15,8 +15,6 @@ tower) and ``timm_vit`` (timm ViT with a CLS and two register tokens).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -25,6 +23,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Dict
+
+from cambrian_train.fileutil import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -233,17 +233,6 @@ BUILDERS: Dict[str, Callable[[Path], None]] = {
 }
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_asset(name: str) -> str:
     """Return the directory of tiny asset ``name``, building it first if missing.
 
@@ -256,7 +245,7 @@ def ensure_asset(name: str) -> str:
     target = root / name
     if target.is_dir():
         return str(target)
-    with _locked(root / f".{name}.lock"):
+    with file_lock(root / f".{name}.lock"):
         if not target.is_dir():
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
             try:

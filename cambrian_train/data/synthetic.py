@@ -19,16 +19,14 @@ deterministic and the three splits use independent streams (no image is shared b
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import math
 import random
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from cambrian_train.config.schema import SyntheticConfig
+from cambrian_train.fileutil import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -340,16 +339,6 @@ def generate(root: PathLike, cfg: SyntheticConfig) -> SyntheticPaths:
     return synthetic_paths(root)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _manifest_matches(root: Path, cfg: SyntheticConfig) -> bool:
     try:
         manifest = json.loads((root / "manifest.json").read_text())
@@ -370,7 +359,7 @@ def ensure_synthetic(root: PathLike, cfg: SyntheticConfig) -> SyntheticPaths:
     validate_config(cfg)
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root.parent / f"{root.name}.lock"):
+    with file_lock(root.parent / f"{root.name}.lock"):
         if _manifest_matches(root, cfg):
             logger.debug("synthetic data set at %s is up to date", root)
             return synthetic_paths(root)
