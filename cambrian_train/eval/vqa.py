@@ -89,19 +89,27 @@ def evaluate_vqa(
     batch_size: int = 16,
     max_new_tokens: int = 8,
 ) -> Dict[str, object]:
-    """Greedy answers for every question; returns accuracy and per-question predictions."""
+    """Greedy answers for every question; returns accuracy and per-question predictions.
+
+    Every batch is padded to the longest prompt of the whole set, so a compiling backend sees
+    one prompt shape.
+    """
     was_training = model.training
     model.eval()
+    prompts = [
+        encoder.encode_prompt(
+            q.question if IMAGE_TAG in q.question else f"{IMAGE_TAG}\n{q.question}"
+        )
+        for q in questions
+    ]
+    seq_len = max(len(p.input_ids) for p in prompts)
     predictions = []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
         samples = []
-        for q in chunk:
-            prompt = q.question if IMAGE_TAG in q.question else f"{IMAGE_TAG}\n{q.question}"
-            enc = encoder.encode_prompt(prompt)
+        for q, enc in zip(chunk, prompts[start : start + batch_size]):
             pixels, boxes = encoder.load_images([q.image])
             samples.append(Sample(q.id, enc.input_ids, enc.labels, enc.image_starts, pixels, boxes))
-        seq_len = max(len(s.input_ids) for s in samples)
         batch = collate(
             samples,
             seq_len,

@@ -157,3 +157,21 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(setup, tmp_path):
     with pytest.raises(TrainingDiverged, match="3 optimizer steps in a row"):
         train_stage(stage, model, groups, backend, stream, 10, logger)
     assert logger.history["pretrain"][-1]["skipped_steps"] == 2  # logged before the stop
+
+
+def test_batched_generation_equals_one_by_one(setup):
+    from cambrian_train.eval.vqa import evaluate_vqa, load_questions
+
+    cfg, model, tokenizer = setup
+    stage = cfg.stages["finetune"]
+    encoder = make_encoder(cfg, stage, tokenizer, model)
+    questions = load_questions(cfg.data.test_path)[:6]
+    torch.manual_seed(0)
+    with torch.no_grad():  # make the random model answer something non-trivial
+        model.llm.lm_head.weight.mul_(20)
+    one = evaluate_vqa(model, encoder, questions, torch.device("cpu"), batch_size=1)
+    batched = evaluate_vqa(model, encoder, questions, torch.device("cpu"), batch_size=6)
+    assert [p["prediction"] for p in one["predictions"]] == [
+        p["prediction"] for p in batched["predictions"]
+    ]
+    assert any(p["prediction"].strip() for p in one["predictions"])
