@@ -3,7 +3,7 @@
 Called by ``cli.main`` with a validated :class:`TrainConfig`. Each stage builds the model fresh
 through ``from_pretrained`` and, when it follows another stage (or sets ``init_from``), loads the
 connector from that checkpoint, so a stage run alone behaves exactly like one run in sequence.
-Writes ``results.json`` and prints the evaluation table.
+Writes ``results.json`` and logs the evaluation table.
 """
 
 from __future__ import annotations
