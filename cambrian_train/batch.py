@@ -38,7 +38,3 @@ class Batch:
     @property
     def batch_size(self) -> int:
         return self.input_ids.shape[0]
-
-    def num_target_tokens(self) -> torch.Tensor:
-        """Supervised tokens after the causal shift (a tensor: no host sync)."""
-        return (self.labels[:, 1:] != -100).sum()
