@@ -1,7 +1,7 @@
 """The CUDA backend: ``torchrun`` processes, FSDP2 (``fully_shard``) over a device mesh.
 
-One process per GPU. Every decoder layer, every tower and the connector are their own FSDP2
-units and the whole model the root unit, so parameters are all-gathered a layer at a time.
+One process per GPU. Every decoder layer, every tower, every in-LLM SVA layer and the connector
+are their own FSDP2 units and the whole model the root unit, so parameters are all-gathered a layer at a time.
 bf16 mixed precision keeps float32 master weights and reduces gradients in float32. Without
 CUDA the same code runs on CPU with the gloo process group, which is how the tests exercise it.
 """
@@ -76,6 +76,10 @@ class CudaFsdpBackend(Backend):
             fully_shard(layer, **shard)
         for tower in model.towers.values():
             fully_shard(tower, **shard)
+        # SVA layers inside the LLM are called from decoder-layer hooks, not through the
+        # connector's forward: they gather their own parameters
+        for sampler in getattr(model.connector, "vision_sampler_layers", []):
+            fully_shard(sampler, **shard)
         fully_shard(model.connector, **shard)
         fully_shard(model, **shard)
         if self.cfg.compile:

@@ -19,9 +19,10 @@ pytestmark = pytest.mark.integration
 STEPS = 5
 
 
-def run_losses(tmp_path, synthetic_root, name, backend, launcher=(), env=None):
+def run_losses(tmp_path, synthetic_root, name, backend, launcher=(), env=None, extra=()):
     out = tmp_path / name
     args = [
+        *extra,
         "experiment=demo",
         f"backend={backend}",
         f"output_dir={out}",
@@ -72,4 +73,21 @@ def test_cpu_xla_fsdp_losses_agree(tmp_path, synthetic_root):
     )
     assert cpu[-1] < cpu[0]  # it learns
     assert xla == pytest.approx(cpu, rel=1e-3, abs=1e-3)
+    assert fsdp == pytest.approx(cpu, rel=2e-2)
+
+
+def test_fsdp_with_sva_inside_the_llm(tmp_path, synthetic_root):
+    """The in-LLM SVA layers run from decoder-layer hooks: under FSDP2 they gather their own
+    parameters; losses match the single-process run."""
+    extra = ("model/connector=tiny_sva",)
+    cpu = run_losses(tmp_path, synthetic_root, "cpu", "cpu", extra=extra)
+    fsdp = run_losses(
+        tmp_path,
+        synthetic_root,
+        "fsdp",
+        "cuda_fsdp",
+        launcher=("-m", "torch.distributed.run", "--nproc_per_node", "2"),
+        env={"OMP_NUM_THREADS": "1"},
+        extra=extra,
+    )
     assert fsdp == pytest.approx(cpu, rel=2e-2)
