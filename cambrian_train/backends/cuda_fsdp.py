@@ -2,8 +2,9 @@
 
 One process per GPU. Every decoder layer, every tower, every in-LLM SVA layer and the connector
 are their own FSDP2 units and the whole model the root unit, so parameters are all-gathered a
-unit at a time. bf16 mixed precision keeps float32 master weights and reduces gradients in float32. Without
-CUDA the same code runs on CPU with the gloo process group, which is how the tests exercise it.
+unit at a time. bf16 mixed precision keeps float32 master weights and reduces gradients in
+float32. Without CUDA the same code runs on CPU with the gloo process group, which is how the
+tests exercise it.
 """
 
 from __future__ import annotations
