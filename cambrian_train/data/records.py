@@ -1,7 +1,8 @@
 """LLaVA-format records from JSON (one list) or JSONL (one record a line), read lazily.
 
-JSONL files are indexed by byte offset in one pass, so a record is read only when asked for and
-the file is never held in memory. A line that is not valid JSON raises :class:`RecordError`
+JSONL files are indexed by byte offset (data/jsonl_index.py: built in one pass, cached beside
+the file, memory-mapped), so a record is read only when asked for and the file is never held in
+memory. A line that is not valid JSON raises :class:`RecordError`
 (reason ``malformed_json``), which the dataset counts and skips.
 """
 
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from array import array
 from typing import Any, Sequence
+
+from cambrian_train.data.jsonl_index import jsonl_offsets
 
 
 class RecordError(ValueError):
@@ -27,13 +29,7 @@ class JsonlRecords(Sequence):
 
     def __init__(self, path: str):
         self.path = path
-        self._offsets = array("q")
-        with open(path, "rb") as fh:
-            pos = 0
-            for line in fh:
-                if line.strip():
-                    self._offsets.append(pos)
-                pos += len(line)
+        self._offsets = jsonl_offsets(path)  # int64 [num_records], memory-mapped
         self._fh = None
 
     def __len__(self) -> int:
@@ -42,7 +38,7 @@ class JsonlRecords(Sequence):
     def __getitem__(self, index: int) -> Any:
         if self._fh is None:  # opened lazily so the object pickles into loader workers
             self._fh = open(self.path, "rb")
-        self._fh.seek(self._offsets[index])
+        self._fh.seek(int(self._offsets[index]))
         line = self._fh.readline()
         try:
             return json.loads(line)
