@@ -48,6 +48,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dir", default=None, help="where to write the file (default: a tmp dir)")
     args = parser.parse_args(argv)
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench-records-"))
+    root.mkdir(parents=True, exist_ok=True)
     path = root / "bench.jsonl"
     if not path.exists():
         t = time.perf_counter()
