@@ -54,6 +54,20 @@ def run_losses(tmp_path, synthetic_root, name, backend, launcher=(), env=None, e
     return [losses[s] for s in range(1, STEPS + 1)]
 
 
+def run_fsdp_losses(tmp_path, synthetic_root, extra=()):
+    """Two torchrun processes (FSDP2 over gloo), one thread each."""
+    launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2")
+    return run_losses(
+        tmp_path,
+        synthetic_root,
+        "fsdp",
+        "cuda_fsdp",
+        launcher=launcher,
+        env={"OMP_NUM_THREADS": "1"},
+        extra=extra,
+    )
+
+
 def test_cpu_xla_fsdp_losses_agree(tmp_path, synthetic_root):
     cpu = run_losses(tmp_path, synthetic_root, "cpu", "cpu")
     xla = run_losses(
@@ -63,14 +77,7 @@ def test_cpu_xla_fsdp_losses_agree(tmp_path, synthetic_root):
         "xla_spmd",
         env={"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "4"},
     )
-    fsdp = run_losses(
-        tmp_path,
-        synthetic_root,
-        "fsdp",
-        "cuda_fsdp",
-        launcher=("-m", "torch.distributed.run", "--nproc_per_node", "2"),
-        env={"OMP_NUM_THREADS": "1"},
-    )
+    fsdp = run_fsdp_losses(tmp_path, synthetic_root)
     assert cpu[-1] < cpu[0]  # it learns
     assert xla == pytest.approx(cpu, rel=1e-3, abs=1e-3)
     assert fsdp == pytest.approx(cpu, rel=2e-2)
@@ -81,13 +88,5 @@ def test_fsdp_with_sva_inside_the_llm(tmp_path, synthetic_root):
     parameters; losses match the single-process run."""
     extra = ("model/connector=tiny_sva",)
     cpu = run_losses(tmp_path, synthetic_root, "cpu", "cpu", extra=extra)
-    fsdp = run_losses(
-        tmp_path,
-        synthetic_root,
-        "fsdp",
-        "cuda_fsdp",
-        launcher=("-m", "torch.distributed.run", "--nproc_per_node", "2"),
-        env={"OMP_NUM_THREADS": "1"},
-        extra=extra,
-    )
+    fsdp = run_fsdp_losses(tmp_path, synthetic_root, extra=extra)
     assert fsdp == pytest.approx(cpu, rel=2e-2)
