@@ -77,12 +77,17 @@ def make_encoder(cfg: TrainConfig, stage: StageConfig, tokenizer, model) -> Imag
     )
 
 
-def save_checkpoint(backend, model, path: Path, state: dict) -> None:
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved run config as YAML (written beside results and into every checkpoint)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_checkpoint(backend, model, path: Path, state: dict, cfg: TrainConfig) -> None:
     """Gather the full state (every process takes part) and write it from the main one."""
     full = backend.full_state_dict(model)
     if backend.is_main:
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-        save_stage_checkpoint(full, trainable, path, state)
+        save_stage_checkpoint(full, trainable, path, state, config_yaml(cfg))
     backend.barrier()
 
 
@@ -124,11 +129,11 @@ def run_stage(cfg, stage, backend, tokenizer, run_logger, init_from: Optional[st
         result = train_stage(stage, model, groups, backend, stream, steps, run_logger)
     except TrainingDiverged as err:
         path = out / stage.name / "checkpoint-last-good"
-        save_checkpoint(backend, model, path, {"stage": stage.name, "diverged": str(err)})
+        save_checkpoint(backend, model, path, {"stage": stage.name, "diverged": str(err)}, cfg)
         raise TrainingDiverged(f"{err}; last good state saved to {path}") from None
     ckpt = out / stage.name / "checkpoint"
     info = {"stage": stage.name, "steps": steps, "init_from": init_from}
-    save_checkpoint(backend, model, ckpt, dict(info, init_digest=init_digest))
+    save_checkpoint(backend, model, ckpt, dict(info, init_digest=init_digest), cfg)
     log.info("stage %s: checkpoint at %s", stage.name, ckpt)
     if skips.total:
         log.warning("stage %s skipped %d records: %s", stage.name, skips.total, skips.counts)
@@ -184,6 +189,8 @@ def run(cfg: TrainConfig) -> Dict:
         logging.getLogger("cambrian_train").setLevel(logging.WARNING)
     cfg = resolve_batches(cfg, backend.mesh)
     prepare_data(cfg)
+    if backend.is_main:
+        (out / "config.yaml").write_text(config_yaml(cfg))
     tokenizer = load_tokenizer(cfg.model.llm)
     run_logger = RunLogger(
         cfg.logger,

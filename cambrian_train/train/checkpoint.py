@@ -2,7 +2,8 @@
 
 Layout of ``<run>/<stage>/checkpoint/``: ``trainable.safetensors`` (every parameter the stage
 trained), ``connector.safetensors`` (connector + image newline, what the next stage starts from),
-``state.json`` (step, stage, tensor checksums). A checkpoint is written into a temporary
+``state.json`` (step, stage, tensor checksums), ``config.yaml`` (the run's resolved config, so the
+directory alone says how to rebuild the model). A checkpoint is written into a temporary
 directory and renamed into place, so a crash never leaves a half checkpoint under the final name.
 """
 
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 CONNECTOR_FILE = "connector.safetensors"
 TRAINABLE_FILE = "trainable.safetensors"
 STATE_FILE = "state.json"
+CONFIG_FILE = "config.yaml"
 
 
 def connector_tensors(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -47,7 +49,11 @@ def tensors_digest(tensors: Dict[str, torch.Tensor]) -> str:
 
 
 def save_stage_checkpoint(
-    state_dict: Dict[str, torch.Tensor], trainable: Set[str], out_dir: Path, state: dict
+    state_dict: Dict[str, torch.Tensor],
+    trainable: Set[str],
+    out_dir: Path,
+    state: dict,
+    config_yaml: str = "",
 ) -> Path:
     """Write the full (unsharded) ``state_dict``'s trained and connector tensors."""
     out_dir = Path(out_dir)
@@ -60,6 +66,8 @@ def save_stage_checkpoint(
     save_file(connector, str(tmp / CONNECTOR_FILE))
     state = dict(state, connector_digest=tensors_digest(connector))
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    if config_yaml:
+        (tmp / CONFIG_FILE).write_text(config_yaml)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.rename(tmp, out_dir)
