@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Run the same cambrian-train command on every worker of a TPU VM pod slice, inside tmux.
+# Start cambrian-train on every worker of a TPU VM pod slice: a thin wrapper over
+# `cambrian-pod run` (tmux session "cambrian"; pid, log and exit code under ~/.cambrian/ on each
+# worker; code and venv from `cambrian-pod setup`). `cambrian-pod retry` also survives preemptions.
 # Usage: TPU=name ZONE=zone scripts/tpu_pod.sh experiment=... [overrides...]
-# output_dir must name the same shared directory on every host.
+#        (or CAMBRIAN_POD_NAME / CAMBRIAN_POD_ZONE / CAMBRIAN_POD_PROJECT in the environment)
+# output_dir must name storage that every host shares.
 set -euo pipefail
-: "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE}"
-args=$(printf ' %q' "$@")
-gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command \
-  "tmux new-session -d -s cambrian 'cd ~/cambrian-train && PJRT_DEVICE=TPU cambrian-train backend=xla_spmd${args} 2>&1 | tee -a ~/cambrian-train.log'"
+exec "${PYTHON:-python3}" -m cambrian_train.pod run ${TPU:+--name "$TPU"} ${ZONE:+--zone "$ZONE"} \
+  -- "$@"

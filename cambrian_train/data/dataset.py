@@ -16,7 +16,7 @@ from PIL import UnidentifiedImageError
 
 from cambrian_train.data.images import content_box, load_image, tower_tensors
 from cambrian_train.data.records import RecordError
-from cambrian_train.data.templates import IMAGE_TAG, Template, Turn, parse_turns
+from cambrian_train.data.templates import IMAGE_TAG, ChatTemplate, Turn, parse_turns
 from cambrian_train.data.tokenize import Encoded, append_text, encode
 from cambrian_train.models.vision.base import ImageSpec
 
@@ -44,7 +44,7 @@ class ImageTextEncoder:
     """What turns text + image paths into model inputs (shared by training and evaluation)."""
 
     tokenizer: object
-    template: Template
+    template: ChatTemplate
     image_specs: Dict[str, ImageSpec]
     image_folder: str
     slot_len: int
@@ -81,7 +81,7 @@ class ImageTextEncoder:
         }
         return pixels, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
-    def encode_turns(self, turns: List[Turn]) -> Encoded:
+    def encode_turns(self, turns: List[Turn], record_id: str = "?") -> Encoded:
         """A training conversation with its labels."""
         return encode(
             turns,
@@ -91,6 +91,7 @@ class ImageTextEncoder:
             self.placeholder_id,
             self.max_length,
             self.system_prompt,
+            record_id=record_id,
         )
 
     def encode_prompt(self, question: str) -> Encoded:
@@ -152,7 +153,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 "too_many_images",
                 f"{len(images)} images > data.max_images={self.encoder.max_images}",
             )
-        encoded = self.encoder.encode_turns(turns)
+        encoded = self.encoder.encode_turns(turns, record_id)
         pixel_values, boxes = self.encoder.load_images(images)
         return Sample(
             record_id, encoded.input_ids, encoded.labels, encoded.image_starts, pixel_values, boxes

@@ -8,8 +8,6 @@ answer overall, and the majority answer per question text (the text-only prior).
 from __future__ import annotations
 
 import logging
-import re
-import string
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
@@ -20,18 +18,10 @@ from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import ImageTextEncoder, Sample
 from cambrian_train.data.records import RecordError, open_records
 from cambrian_train.data.templates import IMAGE_TAG
+from cambrian_train.eval.text import normalize_answer
 from cambrian_train.infer.generate import generate
 
 log = logging.getLogger(__name__)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, drop punctuation and articles, collapse spaces."""
-    text = text.lower().strip()
-    text = text.translate(str.maketrans("", "", string.punctuation))
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
 
 
 @dataclass

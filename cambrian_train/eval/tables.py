@@ -1,0 +1,518 @@
+"""Evaluation results files -> the Cambrian-1 paper's table layout (Markdown, CSV, LaTeX, chart).
+
+Input: the eval runner's results files, one JSON object per (model, benchmark) holding at least
+``{"model": str, "benchmark": str, "score": number}``; the score is on the paper's scale (percent;
+MME-P the summed perception score, at most 2000; OCRBench the correct count out of 1000). Other
+keys (count, metrics, decoding, ...) are ignored here. Paths may be files or directories (searched
+recursively for ``*.json``); JSON files without those three keys are skipped with a logged reason,
+and two files for the same (model, benchmark) are an error naming both.
+
+Layout: one row per model; benchmark columns grouped by the paper's categories (``CATEGORIES``),
+each group followed by its average, then an overall average; any other benchmark (pope,
+synthetic, unknown names) goes to an "Other" group that is never averaged. Benchmarks no row has
+are left out unless ``all_columns``. ``paper=True`` adds the published rows of
+``cambrian_train.eval.paper_results``; ``compare=[(model, paper_row)]`` adds a delta row
+(ours - published) for the benchmarks both have.
+
+Averaging convention (the paper's): scores are brought to 0-100 first, MME-P divided by 20 and
+OCRBench by 10 (``Benchmark.divisor``); a category average is the mean of its four scaled scores
+and is shown only when all four are present (else "–" and a note naming the missing ones); the
+overall average is the mean of the four category averages (equal to the mean of the 16 scaled
+scores) and is shown only when all four are. Benchmark cells keep each benchmark's own scale.
+
+CLI (``main``; ``tools/tabulate.py``): ``RESULTS... [--format md|csv|latex] [--paper]
+[--compare MODEL=PAPER_ROW] [--all-columns] [--out FILE] [--chart PNG]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from cambrian_train.eval.paper_results import PAPER_ROWS, PAPER_SOURCE, paper_row
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = ("General", "Knowledge", "OCR & Chart", "Vision-Centric")
+OTHER = "Other"
+MISSING = "–"
+RESULT_KEYS = ("model", "benchmark", "score")
+FORMATS = ("md", "csv", "latex")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark column: registry key, header label, category, and its scale.
+
+    ``score / divisor`` is the 0-100 value that enters averages; ``max_score`` bounds a valid
+    score (None: unknown scale, unchecked).
+    """
+
+    key: str
+    label: str
+    category: str
+    divisor: float = 1.0
+    max_score: Optional[float] = 100.0
+
+
+BENCHMARKS: Dict[str, Benchmark] = {
+    b.key: b
+    for b in (
+        Benchmark("mme", "MME-P", "General", divisor=20.0, max_score=2000.0),
+        Benchmark("mmbench", "MMB", "General"),
+        Benchmark("seed_img", "SEED-I", "General"),
+        Benchmark("gqa", "GQA", "General"),
+        Benchmark("sqa_img", "SQA-I", "Knowledge"),
+        Benchmark("mmmu", "MMMU", "Knowledge"),
+        Benchmark("mathvista", "MathVista-M", "Knowledge"),
+        Benchmark("ai2d", "AI2D", "Knowledge"),
+        Benchmark("chartqa", "ChartQA", "OCR & Chart"),
+        Benchmark("ocrbench", "OCRBench", "OCR & Chart", divisor=10.0, max_score=1000.0),
+        Benchmark("textvqa", "TextVQA", "OCR & Chart"),
+        Benchmark("docvqa", "DocVQA", "OCR & Chart"),
+        Benchmark("mmvp", "MMVP", "Vision-Centric"),
+        Benchmark("realworldqa", "RealWorldQA", "Vision-Centric"),
+        Benchmark("cvbench_2d", "CV-Bench-2D", "Vision-Centric"),
+        Benchmark("cvbench_3d", "CV-Bench-3D", "Vision-Centric"),
+        Benchmark("pope", "POPE", OTHER),
+        Benchmark("synthetic", "Synthetic", OTHER),
+    )
+}
+CATEGORY_BENCHMARKS: Dict[str, Tuple[str, ...]] = {
+    c: tuple(k for k, b in BENCHMARKS.items() if b.category == c) for c in CATEGORIES
+}
+
+
+def benchmark(key: str) -> Benchmark:
+    """The registered benchmark ``key``, or an unscaled "Other" column named after it."""
+    return BENCHMARKS.get(key) or Benchmark(key, key, OTHER, max_score=None)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One results file's headline: (model, benchmark) -> score, and where it came from."""
+
+    model: str
+    benchmark: str
+    score: float
+    path: Path
+
+
+def find_json_files(inputs: Sequence[Path]) -> List[Path]:
+    """Files given, plus ``*.json`` under directories given (recursive); each path once."""
+    files: Dict[Path, Path] = {}
+    for path in map(Path, inputs):
+        if path.is_dir():
+            found = sorted(path.rglob("*.json"))
+        elif path.is_file():
+            found = [path]
+        else:
+            raise ValueError(f"results path {path} does not exist")
+        for file in found:
+            files.setdefault(file.resolve(), file)
+    return list(files.values())
+
+
+def _parse_result(data: Dict[str, object], path: Path) -> Result:
+    model, name, score = (data[k] for k in RESULT_KEYS)
+    for key, value in (("model", model), ("benchmark", name)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{path}: field {key!r} must be a non-empty string, got {value!r}")
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        raise ValueError(f"{path}: field 'score' must be a finite number, got {score!r}")
+    bench = benchmark(name)
+    if name not in BENCHMARKS:
+        log.warning(
+            "%s: benchmark %r is not in the paper's categories; shown under Other", path, name
+        )
+    upper = math.inf if bench.max_score is None else bench.max_score
+    if not 0 <= score <= upper:
+        raise ValueError(
+            f"{path}: score {score!r} for {name!r} is outside [0, {upper:g}] "
+            "(scores are on the paper's scale: percent, MME-P summed, OCRBench out of 1000)"
+        )
+    return Result(model=model, benchmark=name, score=float(score), path=path)
+
+
+def read_result(path: Path) -> Optional[Result]:
+    """The result in ``path``, or None (logged) when it is not a results file."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        log.info("skipping %s: not valid JSON (%s)", path, err)
+        return None
+    if not isinstance(data, dict):
+        log.info("skipping %s: not a results file (top level is %s)", path, type(data).__name__)
+        return None
+    absent = [k for k in RESULT_KEYS if k not in data]
+    if absent:
+        log.info("skipping %s: not a results file (no %s)", path, ", ".join(absent))
+        return None
+    return _parse_result(data, path)
+
+
+def load_results(inputs: Sequence[Path]) -> List[Result]:
+    """All results under ``inputs``; ValueError on a duplicate (model, benchmark) or on none."""
+    seen: Dict[Tuple[str, str], Result] = {}
+    for path in find_json_files(inputs):
+        result = read_result(path)
+        if result is None:
+            continue
+        key = (result.model, result.benchmark)
+        if key in seen:
+            raise ValueError(
+                f"two results for model {key[0]!r}, benchmark {key[1]!r}: "
+                f"{seen[key].path} and {result.path}"
+            )
+        seen[key] = result
+    if not seen:
+        raise ValueError(f"no results files found in {', '.join(map(str, inputs))}")
+    return list(seen.values())
+
+
+@dataclass
+class Row:
+    """A row; ``source``: "ours", "published" or "delta"; scores on each benchmark's own scale."""
+
+    name: str
+    source: str
+    scores: Dict[str, float]
+    num_vision_tokens: Optional[int] = None
+    averages: Dict[str, Optional[float]] = field(default_factory=dict)
+    overall: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column: ``kind`` is "meta" (model/source/vis_tok), "score", "average" or "overall"."""
+
+    key: str
+    label: str
+    group: str
+    kind: str
+
+
+@dataclass
+class Table:
+    """Columns in display order, rows in display order, and notes printed under the table."""
+
+    columns: List[Column]
+    rows: List[Row]
+    notes: List[str]
+
+
+def category_average(scores: Dict[str, float], category: str) -> Optional[float]:
+    """Mean of the category's scaled scores (MME-P/20, OCRBench/10); None if any is missing."""
+    keys = CATEGORY_BENCHMARKS[category]
+    if any(k not in scores for k in keys):
+        return None
+    return sum(scores[k] / BENCHMARKS[k].divisor for k in keys) / len(keys)
+
+
+def scored_row(name: str, source: str, scores: Dict[str, float], tokens=None) -> Row:
+    """A row with its category averages and overall average filled in."""
+    averages = {c: category_average(scores, c) for c in CATEGORIES}
+    values = list(averages.values())
+    overall = None if None in values else sum(values) / len(values)
+    return Row(name, source, dict(scores), tokens, averages, overall)
+
+
+def delta_row(ours: Row, published: Row) -> Row:
+    """ours - published on the benchmarks (and averages) both rows have."""
+
+    def diff(a: Optional[float], b: Optional[float]) -> Optional[float]:
+        return None if a is None or b is None else a - b
+
+    scores = {k: v - published.scores[k] for k, v in ours.scores.items() if k in published.scores}
+    averages = {c: diff(ours.averages.get(c), published.averages.get(c)) for c in CATEGORIES}
+    overall = diff(ours.overall, published.overall)
+    return Row(f"{ours.name} - {published.name}", "delta", scores, None, averages, overall)
+
+
+def parse_compare(spec: str) -> Tuple[str, str]:
+    """``"MODEL=PAPER_ROW"`` -> (model, paper row name)."""
+    model, sep, paper = spec.rpartition("=")
+    if not sep or not model or not paper:
+        raise ValueError(f"--compare expects MODEL=PAPER_ROW, got {spec!r}")
+    return model, paper
+
+
+def _score_columns(rows: Sequence[Row], all_columns: bool) -> List[Column]:
+    present = {k for row in rows for k in row.scores}
+    columns: List[Column] = []
+    for category in CATEGORIES:
+        keys = [k for k in CATEGORY_BENCHMARKS[category] if all_columns or k in present]
+        if keys:
+            columns += [Column(k, BENCHMARKS[k].label, category, "score") for k in keys]
+            columns.append(Column(category, f"{category} avg", category, "average"))
+    if columns:
+        columns.append(Column("overall", "Overall", "", "overall"))
+    known = [k for k, b in BENCHMARKS.items() if b.category == OTHER]
+    others = [k for k in known if all_columns or k in present]
+    others += sorted(present - set(BENCHMARKS))
+    return columns + [Column(k, benchmark(k).label, OTHER, "score") for k in others]
+
+
+def _missing_notes(rows: Sequence[Row], columns: Sequence[Column]) -> List[str]:
+    """One note per (average column, missing benchmarks) naming the rows concerned."""
+    groups: Dict[Tuple[str, Tuple[str, ...]], List[str]] = {}
+    for column in columns:
+        for row in rows:
+            if row.source == "delta":
+                continue
+            if column.kind == "average" and row.averages[column.key] is None:
+                keys = CATEGORY_BENCHMARKS[column.key]
+                missing = tuple(BENCHMARKS[k].label for k in keys if k not in row.scores)
+                groups.setdefault((column.label, missing), []).append(row.name)
+            elif column.kind == "overall" and row.overall is None:
+                lacking = tuple(f"{c} avg" for c in CATEGORIES if row.averages[c] is None)
+                groups.setdefault((column.label, lacking), []).append(row.name)
+    return [
+        f"{MISSING} {label}: {', '.join(names)} lack{'s' if len(names) == 1 else ''} "
+        f"{', '.join(missing)}"
+        for (label, missing), names in groups.items()
+    ]
+
+
+def build_table(
+    results: Sequence[Result],
+    paper: bool = False,
+    compare: Sequence[Tuple[str, str]] = (),
+    all_columns: bool = False,
+) -> Table:
+    """Rows (published first, then ours sorted by name, each followed by its deltas) and columns."""
+    by_model: Dict[str, Dict[str, float]] = {}
+    for result in results:
+        by_model.setdefault(result.model, {})[result.benchmark] = result.score
+    ours = {m: scored_row(m, "ours", s) for m, s in sorted(by_model.items())}
+    published = [
+        scored_row(p.model, "published", p.scores, p.num_vision_tokens) for p in PAPER_ROWS
+    ]
+    deltas: Dict[str, List[Row]] = {}
+    for model, paper_name in compare:
+        if model not in ours:
+            raise ValueError(f"--compare: no results for model {model!r}; have {', '.join(ours)}")
+        reference = paper_row(paper_name)
+        ref_row = next(r for r in published if r.name == reference.model)
+        deltas.setdefault(model, []).append(delta_row(ours[model], ref_row))
+    rows = published if paper else []
+    for model, row in ours.items():
+        rows = rows + [row] + deltas.get(model, [])
+    columns = [Column("model", "model", "", "meta")]
+    if any(row.source != "ours" for row in rows):
+        columns += [
+            Column("source", "source", "", "meta"),
+            Column("vis_tok", "#vis tok", "", "meta"),
+        ]
+    columns += _score_columns([r for r in rows if r.source != "delta"], all_columns)
+    notes = _missing_notes(rows, columns)
+    if any(c.kind == "average" for c in columns):
+        notes.append(
+            "Averages on a 0-100 scale (paper convention: MME-P/20, OCRBench/10); "
+            "Overall = mean of the four category averages."
+        )
+    if paper:
+        notes.append(f"published rows: {PAPER_SOURCE}.")
+    if compare:
+        notes.append("delta rows: ours - published, on the benchmarks both have.")
+    return Table(columns, rows, notes)
+
+
+def cell_value(row: Row, column: Column) -> Union[str, int, float, None]:
+    """The raw value of ``row`` in ``column`` (None when absent)."""
+    meta = {"model": row.name, "source": row.source, "vis_tok": row.num_vision_tokens}
+    if column.kind == "meta":
+        return meta[column.key]
+    if column.kind == "average":
+        return row.averages.get(column.key)
+    return row.overall if column.kind == "overall" else row.scores.get(column.key)
+
+
+def format_cell(row: Row, column: Column, missing: str = MISSING) -> str:
+    """Text of a cell: scores with one decimal (signed on delta rows), ``missing`` when absent."""
+    value = cell_value(row, column)
+    if value is None:
+        return missing
+    if isinstance(value, str) or column.key == "vis_tok":
+        return str(value)
+    return f"{value:+.1f}" if row.source == "delta" else f"{value:.1f}"
+
+
+def render_markdown(table: Table) -> str:
+    """A GitHub table, then the notes as a list."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    rule = ["---" if c.kind == "meta" and c.key != "vis_tok" else "---:" for c in table.columns]
+    lines = [line([c.label for c in table.columns]), "|" + "|".join(rule) + "|"]
+    lines += [line([format_cell(r, c) for c in table.columns]) for r in table.rows]
+    if table.notes:
+        lines += [""] + [f"- {note}" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(table: Table) -> str:
+    """One header row of labels, one row per table row; empty cells where absent; no notes."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([c.label for c in table.columns])
+    for row in table.rows:
+        writer.writerow([format_cell(row, c, missing="") for c in table.columns])
+    return buffer.getvalue()
+
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "–": "--",
+}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped."""
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def render_latex(table: Table) -> str:
+    """A booktabs tabular: category headers with \\multicolumn and \\cmidrule, notes below."""
+    cols = table.columns
+    spec = "".join("l" if c.kind == "meta" and c.key != "vis_tok" else "r" for c in cols)
+    groups: List[Tuple[str, int, int]] = []  # (group, first column 1-based, span)
+    for i, column in enumerate(cols, start=1):
+        if groups and groups[-1][0] == column.group and column.group:
+            groups[-1] = (column.group, groups[-1][1], groups[-1][2] + 1)
+        else:
+            groups.append((column.group, i, 1))
+    header = [
+        rf"\multicolumn{{{span}}}{{c}}{{{latex_escape(group)}}}" if group else ""
+        for group, _, span in groups
+    ]
+    rules = [rf"\cmidrule(lr){{{i}-{i + n - 1}}}" for group, i, n in groups if group]
+    labels = ["Avg" if c.kind == "average" else c.label for c in cols]
+    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    lines += [" & ".join(header) + r" \\", " ".join(rules)]
+    lines += [" & ".join(latex_escape(label) for label in labels) + r" \\", r"\midrule"]
+    for row in table.rows:
+        lines.append(" & ".join(latex_escape(format_cell(row, c)) for c in cols) + r" \\")
+    lines.append(r"\bottomrule")
+    for note in table.notes:
+        lines.append(rf"\multicolumn{{{len(cols)}}}{{l}}{{\footnotesize {latex_escape(note)}}} \\")
+    lines.append(r"\end{tabular}")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"md": render_markdown, "csv": render_csv, "latex": render_latex}
+
+
+def render(table: Table, fmt: str) -> str:
+    """``table`` as text in ``fmt`` (one of ``FORMATS``)."""
+    if fmt not in RENDERERS:
+        raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return RENDERERS[fmt](table)
+
+
+def write_chart(table: Table, path: Path) -> Path:
+    """Grouped bar chart of every non-delta row's scaled score (0-100) per benchmark column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    benches = [c for c in table.columns if c.kind == "score"]
+    rows = [r for r in table.rows if r.source != "delta"]
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(min(20.0, 2 + len(benches) * (0.4 + 0.1 * len(rows))), 4.5))
+    for i, row in enumerate(rows):
+        offset = (i - (len(rows) - 1) / 2) * width
+        points = [
+            (j + offset, row.scores[c.key] / benchmark(c.key).divisor)
+            for j, c in enumerate(benches)
+            if c.key in row.scores
+        ]
+        label = row.name if row.source == "ours" else f"{row.name} ({row.source})"
+        ax.bar([x for x, _ in points], [y for _, y in points], width, label=label)
+    ticks = [
+        c.label if benchmark(c.key).divisor == 1 else f"{c.label} /{benchmark(c.key).divisor:g}"
+        for c in benches
+    ]
+    ax.set_xticks(range(len(benches)), ticks, rotation=30, ha="right")
+    ax.set_ylabel("score (0-100)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="cambrian-tabulate", description="Eval results files -> Cambrian-1 style tables."
+    )
+    parser.add_argument("results", nargs="+", type=Path, help="results JSON files or directories")
+    parser.add_argument(
+        "--format", choices=FORMATS, help="table format (default: from --out suffix, else md)"
+    )
+    parser.add_argument("--paper", action="store_true", help="add the published rows")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="MODEL=PAPER_ROW",
+        help="add a delta row ours - published (repeatable)",
+    )
+    parser.add_argument(
+        "--all-columns", action="store_true", help="keep benchmarks that no row has"
+    )
+    parser.add_argument("--out", type=Path, help="write the table here instead of stdout")
+    parser.add_argument("--chart", type=Path, metavar="PNG", help="also write a bar chart")
+    return parser.parse_args(argv)
+
+
+def _format_for(args: argparse.Namespace) -> str:
+    if args.format:
+        return args.format
+    suffix = args.out.suffix.lower() if args.out else ""
+    return {".csv": "csv", ".tex": "latex"}.get(suffix, "md")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point (``cambrian-tabulate``); returns the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        compare = [parse_compare(spec) for spec in args.compare]
+        results = load_results(args.results)
+        table = build_table(results, args.paper, compare, args.all_columns)
+        text = render(table, _format_for(args))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        log.info("wrote %s", args.out)
+    else:
+        sys.stdout.write(text)
+    if args.chart:
+        log.info("wrote %s", write_chart(table, args.chart))
+    return 0
