@@ -16,6 +16,7 @@ CORE = [
     "tqdm>=4.66",
     "numpy>=1.26",
     "matplotlib>=3.8",
+    "fsspec>=2024.2",  # gs:// and other remote paths for data and checkpoints (plus gcsfs)
 ]
 EXTRAS = {
     # Development and CI: the CPU wheels of torch + torch_xla give real XLA SPMD on CPU.
@@ -23,7 +24,11 @@ EXTRAS = {
     # TPU VMs: torch_xla with libtpu.
     "tpu": ["torch==2.9.0", "torch_xla[tpu]==2.9.0", "torchvision==0.24.0"],
     "gpu": ["torch==2.9.0", "torchvision==0.24.0"],
-    "dev": ["pytest>=8", "ruff>=0.6"],
+    # Google Cloud Storage paths (gs://) for data and checkpoints.
+    "gcs": ["gcsfs>=2024.2"],
+    # Benchmarks distributed as parquet (MMMU, MathVista, CV-Bench, ...).
+    "eval": ["pyarrow>=14"],
+    "dev": ["pytest>=8", "ruff>=0.6", "pyarrow>=14"],
 }
 
 setup(
@@ -36,5 +41,15 @@ setup(
     packages=find_packages(include=["cambrian_train", "cambrian_train.*"]),
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["cambrian-train=cambrian_train.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "cambrian-train=cambrian_train.cli:main",
+            "cambrian-data=cambrian_train.data.cli:main",
+            "cambrian-eval=cambrian_train.eval.cli:main",
+            "cambrian-chat=cambrian_train.infer.chat:main",
+            "cambrian-export=cambrian_train.infer.export_cli:main",
+            "cambrian-pod=cambrian_train.pod.cli:main",
+            "cambrian-tabulate=cambrian_train.eval.tables:main",
+        ]
+    },
 )

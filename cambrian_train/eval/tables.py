@@ -20,7 +20,7 @@ and is shown only when all four are present (else "–" and a note naming the mi
 overall average is the mean of the four category averages (equal to the mean of the 16 scaled
 scores) and is shown only when all four are. Benchmark cells keep each benchmark's own scale.
 
-CLI (``main``; ``tools/tabulate.py``): ``RESULTS... [--format md|csv|latex] [--paper]
+CLI (``main``; ``tools/tables.py``): ``RESULTS... [--format md|csv|latex] [--paper]
 [--compare MODEL=PAPER_ROW] [--all-columns] [--out FILE] [--chart PNG]``.
 """
 

@@ -2,32 +2,104 @@
 
 Prompts are left-padded (data/collate.py with ``left_pad``) so every row's answer starts at the
 same position; position ids follow the attention mask, so a padded row sees the same positions
-as it would alone. The prefill carries the vision context for in-LLM SVA layers; decoding steps
-only add text tokens.
+as it would alone and batched greedy results equal batch-size-1 results. The prefill carries the
+vision context for in-LLM SVA layers; decoding steps only add text tokens.
+
+Decoding is greedy (``temperature`` 0) or sampled (temperature, top-k, top-p, a seeded
+``torch.Generator``). A row finishes at an end-of-sequence id or as soon as one of the ``stop``
+strings appears in its decoded continuation (its text is then cut before the stop string); rows
+finish independently and the loop ends when all have finished or after ``max_new_tokens``.
+Used by eval/vqa.py (``generate``) and the chat CLI (``stream_generate``).
 """
 
 from __future__ import annotations
 
-from typing import List
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import torch
 
 from cambrian_train.batch import Batch
 
+StepCallback = Callable[[torch.Tensor, torch.Tensor], None]  # (logits [B, V], tokens [B])
+StopCheck = Callable[[torch.Tensor], torch.Tensor]  # tokens so far [B, T] -> stopped [B] bool
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How the next token is picked from logits: greedy, or sampled after temperature,
+    top-k (0 = off) and nucleus top-p (1 = off) filtering."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 = off)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 = off)")
+
+    def filtered_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """[B, V] → tempered logits with the tokens outside top-k / top-p set to -inf."""
+        logits = logits.float() / self.temperature
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]  # [B, 1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1:
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            # drop a token when the tokens ranked above it already reach top_p (the first stays)
+            drop = probs.cumsum(-1) - probs >= self.top_p
+            drop = drop.scatter(-1, order, drop)  # back to vocabulary order
+            logits = logits.masked_fill(drop, float("-inf"))
+        return logits
+
+    def pick(self, logits: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """logits [B, V] → next token ids [B]."""
+        if self.temperature == 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(self.filtered_logits(logits), dim=-1)
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def make_generator(seed: Optional[int], device: torch.device) -> Optional[torch.Generator]:
+    """A seeded generator on ``device`` (None when ``seed`` is None: torch's global RNG)."""
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def _eos_ids(eos_token_id: Union[int, Sequence[int]]) -> List[int]:
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if not ids or not all(isinstance(i, int) for i in ids):
+        raise ValueError(f"eos_token_id={eos_token_id!r} must be an id or a non-empty id list")
+    return ids
+
 
 @torch.no_grad()
-def generate_ids(
+def iter_tokens(
     model,
     batch: Batch,
-    eos_token_id: int,
+    eos_token_id: Union[int, Sequence[int]],
     max_new_tokens: int = 16,
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """→ new token ids [B, T≤max_new_tokens]; rows that ended are padded with ``eos_token_id``.
+    sampler: Optional[Sampler] = None,
+    generator: Optional[torch.Generator] = None,
+    stop_check: Optional[StopCheck] = None,
+    on_step: Optional[StepCallback] = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row [B] per step; finished rows get the first eos id.
 
-    ``temperature`` 0 is greedy decoding; above 0 samples from the tempered softmax.
+    ``stop_check`` sees all tokens so far [B, T] after each step and returns rows to finish;
+    ``on_step`` sees the logits the step picked from and the picked tokens. ``sampler`` None
+    is greedy.
     """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    eos = _eos_ids(eos_token_id)
+    sampler = sampler or Sampler()
     embeds, context = model.embed(batch)  # [B, L, D]
     mask = batch.attention_mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -38,20 +110,22 @@ def generate_ids(
         use_cache=True,
         **model.llm_kwargs(context),
     )
+    eos_tensor = torch.tensor(eos, device=mask.device)
     finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
     tokens = []
     for step in range(max_new_tokens):
         logits = out.logits[:, -1].float()  # [B, V]
-        if temperature > 0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
-        else:
-            nxt = logits.argmax(-1)
-        nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
+        nxt = sampler.pick(logits, generator)
+        nxt = torch.where(finished, torch.full_like(nxt, eos[0]), nxt)
+        if on_step is not None:
+            on_step(logits, nxt)
         tokens.append(nxt)
-        finished |= nxt == eos_token_id
+        finished |= torch.isin(nxt, eos_tensor)
+        if stop_check is not None:
+            finished |= stop_check(torch.stack(tokens, dim=1))
+        yield nxt
         if bool(finished.all()) or step + 1 == max_new_tokens:
-            break
+            return
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         positions = positions[:, -1:] + 1
         out = model.llm(
@@ -61,10 +135,156 @@ def generate_ids(
             past_key_values=out.past_key_values,
             use_cache=True,
         )
-    return torch.stack(tokens, dim=1)
 
 
-def generate(model, batch: Batch, tokenizer, max_new_tokens: int = 16, **kwargs) -> List[str]:
-    """Decode one answer per row of a left-padded prompt batch (special tokens dropped)."""
-    ids = generate_ids(model, batch, tokenizer.eos_token_id, max_new_tokens, **kwargs)
-    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+def generate_ids(
+    model,
+    batch: Batch,
+    eos_token_id: Union[int, Sequence[int]],
+    max_new_tokens: int = 16,
+    temperature: float = 0.0,
+    generator: Optional[torch.Generator] = None,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_check: Optional[StopCheck] = None,
+    on_step: Optional[StepCallback] = None,
+) -> torch.Tensor:
+    """→ new token ids [B, T≤max_new_tokens]; rows that ended are padded with the first eos id.
+
+    ``temperature`` 0 is greedy decoding; above 0 samples from the tempered, filtered softmax.
+    """
+    sampler = Sampler(temperature, top_k, top_p)
+    steps = iter_tokens(
+        model, batch, eos_token_id, max_new_tokens, sampler, generator, stop_check, on_step
+    )
+    return torch.stack(list(steps), dim=1)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """→ (``text`` cut before the earliest stop string, whether one occurred)."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def _check_stop(stop: Sequence[str]) -> tuple[str, ...]:
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise ValueError(f"stop={list(stop)!r}: stop strings must be non-empty strings")
+    return stop
+
+
+class StopStrings:
+    """A ``stop_check`` finishing a row once its decoded continuation holds a stop string."""
+
+    def __init__(self, tokenizer, stop: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.stop = _check_stop(stop)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
+        return torch.tensor(
+            [cut_at_stop(t, self.stop)[1] for t in texts], dtype=torch.bool, device=tokens.device
+        )
+
+
+def _generation_args(tokenizer, stop, eos_token_id, seed, generator, device):
+    stop = _check_stop(stop)
+    eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token_id; pass eos_token_id")
+    if seed is not None and generator is not None:
+        raise ValueError(f"pass seed={seed} or a generator, not both")
+    generator = generator if generator is not None else make_generator(seed, device)
+    stop_check = StopStrings(tokenizer, stop) if stop else None
+    return stop, eos, generator, stop_check
+
+
+def generate(
+    model,
+    batch: Batch,
+    tokenizer,
+    max_new_tokens: int = 16,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    stop: Sequence[str] = (),
+    eos_token_id: Union[int, Sequence[int], None] = None,
+    on_step: Optional[StepCallback] = None,
+) -> List[str]:
+    """Decode one answer per row of a left-padded prompt batch (special tokens dropped, text cut
+    before the first stop string). ``seed`` seeds a fresh generator for sampling."""
+    stop, eos, generator, stop_check = _generation_args(
+        tokenizer, stop, eos_token_id, seed, generator, batch.input_ids.device
+    )
+    ids = generate_ids(
+        model,
+        batch,
+        eos,
+        max_new_tokens,
+        temperature,
+        generator,
+        top_k,
+        top_p,
+        stop_check,
+        on_step,
+    )
+    texts = tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+    return [cut_at_stop(t, stop)[0] for t in texts]
+
+
+def _held_back(text: str, stop: Sequence[str]) -> int:
+    """Characters at the end of ``text`` not yet safe to show: an incomplete UTF-8 sequence, or
+    the longest suffix that could still grow into a stop string."""
+    if text.endswith("\ufffd"):
+        return len(text) - len(text.rstrip("\ufffd"))
+    longest = max((len(s) for s in stop), default=1) - 1
+    for k in range(min(longest, len(text)), 0, -1):
+        if any(s.startswith(text[-k:]) for s in stop):
+            return k
+    return 0
+
+
+def stream_generate(
+    model,
+    batch: Batch,
+    tokenizer,
+    max_new_tokens: int = 16,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    stop: Sequence[str] = (),
+    eos_token_id: Union[int, Sequence[int], None] = None,
+) -> Iterator[str]:
+    """Yield the answer of a one-row batch as text deltas, step by step.
+
+    The deltas join to exactly what :func:`generate` returns for the same arguments: text that
+    may still turn out to be a stop string (or half a UTF-8 character) is held back until it
+    cannot.
+    """
+    if batch.batch_size != 1:
+        raise ValueError(f"stream_generate takes one prompt, got a batch of {batch.batch_size}")
+    stop, eos, generator, stop_check = _generation_args(
+        tokenizer, stop, eos_token_id, seed, generator, batch.input_ids.device
+    )
+    sampler = Sampler(temperature, top_k, top_p)
+    ids: List[int] = []
+    shown = 0
+    for nxt in iter_tokens(
+        model, batch, eos, max_new_tokens, sampler, generator, stop_check, on_step=None
+    ):
+        ids.append(int(nxt[0]))
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, stop)
+        end = len(text) if stopped else len(text) - _held_back(text, stop)
+        if end > shown:
+            yield text[shown:end]
+            shown = end
+    text = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)[0]
+    if len(text) > shown:
+        yield text[shown:]

@@ -1,8 +1,11 @@
 """Turn eval results files into Cambrian-1 style tables (see cambrian_train.eval.tables).
 
+Installed as ``cambrian-tabulate``. Not named tools/tabulate.py: a script directory is first on
+sys.path, and a ``tabulate.py`` there would shadow the ``tabulate`` package torch imports.
+
 Example::
 
-    python tools/tabulate.py runs/myrun/eval --paper --compare myrun=Cambrian-1-8B \
+    python tools/tables.py runs/myrun/eval --paper --compare myrun=Cambrian-1-8B \
         --format latex --out table.tex --chart scores.png
 """
 
