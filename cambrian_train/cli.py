@@ -2,7 +2,9 @@
 
 Composes ``configs/train.yaml`` with command-line overrides, converts the result to typed
 dataclasses once, validates every cross-field constraint, and only then touches data, models or
-devices (``run.run``). User errors exit with status 2 and a message naming the field and value.
+devices (``run.run``). Exit status: 0 done; 2 a user error (the message names the field and
+value); 3 training diverged (the last good state is saved); 75 stopped by SIGTERM/SIGINT after
+saving its state — run the same command with ``resume=auto`` to continue.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
 
 def _main(cfg: DictConfig) -> None:
     from cambrian_train.run import run  # heavy imports only once the config is known good
+    from cambrian_train.train.preempt import EXIT_RESUME, Preempted
     from cambrian_train.train.trainer import TrainingDiverged
 
     try:
@@ -45,6 +48,9 @@ def _main(cfg: DictConfig) -> None:
     except TrainingDiverged as err:
         log.error("%s", err)
         sys.exit(3)
+    except Preempted as err:
+        log.warning("%s; run again with resume=auto (exit %d)", err, EXIT_RESUME)
+        sys.exit(EXIT_RESUME)
     except ValueError as err:  # ConfigError, DataError and loaders' checks: user errors
         if os.environ.get("CAMBRIAN_TRACEBACK"):
             raise

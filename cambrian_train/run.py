@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import random
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -25,16 +26,23 @@ from cambrian_train.config.schema import StageConfig, TrainConfig
 from cambrian_train.config.validate import resolve_batches, vision_slot_len
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import ImageTextEncoder, SupervisedDataset
-from cambrian_train.data.loader import EpochSampler, SkipStats, batch_stream
-from cambrian_train.data.records import open_records
-from cambrian_train.data.templates import get_template
+from cambrian_train.data.loader import BatchStream, SkipStats
+from cambrian_train.data.sources import build_sampler, open_stage_records
+from cambrian_train.data.templates import check_against_tokenizer, get_template
 from cambrian_train.eval.vqa import baselines, evaluate_vqa, load_questions
 from cambrian_train.models import build_model
 from cambrian_train.models.llm import load_tokenizer
 from cambrian_train.train.checkpoint import load_connector, save_stage_checkpoint
 from cambrian_train.train.metrics import RunLogger
+from cambrian_train.train.preempt import StopSignal
+from cambrian_train.train.resume import Checkpointer, latest_checkpoint, read_checkpoint_meta
 from cambrian_train.train.stage import freeze_for_stage, stage_param_groups
-from cambrian_train.train.trainer import TrainingDiverged, planned_steps, train_stage
+from cambrian_train.train.trainer import (
+    Persistence,
+    TrainingDiverged,
+    planned_steps,
+    train_stage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +65,13 @@ def prepare_data(cfg: TrainConfig) -> None:
     log.info("synthetic data set at %s", paths.root)
 
 
-def stage_data_path(cfg: TrainConfig, stage: StageConfig) -> str:
-    if stage.dataset == "pretrain" and cfg.data.pretrain_path is not None:
-        return cfg.data.pretrain_path
-    return cfg.data.train_path
-
-
 def make_encoder(cfg: TrainConfig, stage: StageConfig, tokenizer, model) -> ImageTextEncoder:
+    template = get_template(stage.template or cfg.model.llm.template, tokenizer)
+    if check_against_tokenizer(template, tokenizer):  # raises TemplateMismatch on a difference
+        log.info("template %s renders exactly as the tokenizer's chat template", template.name)
     return ImageTextEncoder(
         tokenizer=tokenizer,
-        template=get_template(stage.template or cfg.model.llm.template),
+        template=template,
         image_specs=model.image_specs(),
         image_folder=cfg.data.image_folder,
         slot_len=vision_slot_len(cfg.model.image_token_len, cfg.model.image_newline),
@@ -91,7 +96,16 @@ def save_checkpoint(backend, model, path: Path, state: dict, cfg: TrainConfig) -
     backend.barrier()
 
 
-def run_stage(cfg, stage, backend, tokenizer, run_logger, init_from: Optional[str], out: Path):
+def run_stage(
+    cfg,
+    stage,
+    backend,
+    tokenizer,
+    run_logger,
+    init_from: Optional[str],
+    out: Path,
+    persistence: Optional[Persistence] = None,
+):
     """Train one stage; returns (results dict, checkpoint dir, model)."""
     seed_everything(cfg.seed)
     model = build_model(cfg.model)
@@ -108,12 +122,9 @@ def run_stage(cfg, stage, backend, tokenizer, run_logger, init_from: Optional[st
     groups = stage_param_groups(model, stage)
 
     encoder = make_encoder(cfg, stage, tokenizer, model)
-    records = open_records(stage_data_path(cfg, stage))
+    records = open_stage_records(cfg.data, stage, cfg.seed)
     dataset = SupervisedDataset(records, encoder)
     skips = SkipStats(strict=cfg.data.strict)
-    sampler = EpochSampler(
-        len(dataset), cfg.seed, backend.data_parallel_rank, backend.data_parallel_size
-    )
     collate_fn = functools.partial(
         collate,
         seq_len=stage.max_length,
@@ -123,20 +134,55 @@ def run_stage(cfg, stage, backend, tokenizer, run_logger, init_from: Optional[st
         image_specs=encoder.image_specs,
     )
     host_batch = backend.host_batch_size(stage.per_device_batch_size)
-    stream = batch_stream(dataset, sampler, host_batch, collate_fn, skips, cfg.data.num_workers)
+    streams = []
+
+    def open_stream(state: Optional[dict]) -> BatchStream:
+        sampler = build_sampler(
+            cfg.data,
+            records,
+            encoder,
+            cfg.seed,
+            host_batch,
+            backend.data_parallel_rank,
+            backend.data_parallel_size,
+            state,
+        )
+        if state is not None and "skips" in state:
+            skips.load_state_dict(state["skips"])
+        streams.append(
+            BatchStream(dataset, sampler, host_batch, collate_fn, skips, cfg.data.num_workers)
+        )
+        return streams[-1]
+
     steps = planned_steps(stage, len(dataset))
     try:
-        result = train_stage(stage, model, groups, backend, stream, steps, run_logger)
+        result = train_stage(
+            stage,
+            model,
+            groups,
+            backend,
+            open_stream,
+            steps,
+            run_logger,
+            persistence,
+        )
     except TrainingDiverged as err:
         path = out / stage.name / "checkpoint-last-good"
         save_checkpoint(backend, model, path, {"stage": stage.name, "diverged": str(err)}, cfg)
         raise TrainingDiverged(f"{err}; last good state saved to {path}") from None
+    finally:
+        for stream in streams:
+            stream.close()
     ckpt = out / stage.name / "checkpoint"
     info = {"stage": stage.name, "steps": steps, "init_from": init_from}
     save_checkpoint(backend, model, ckpt, dict(info, init_digest=init_digest), cfg)
     log.info("stage %s: checkpoint at %s", stage.name, ckpt)
     if skips.total:
         log.warning("stage %s skipped %d records: %s", stage.name, skips.total, skips.counts)
+    run_logger.summary(
+        {f"{stage.name}/skipped_records/{reason}": n for reason, n in skips.counts.items()}
+        | {f"{stage.name}/skipped_records/total": skips.total}
+    )
     summary = {
         **asdict(result),
         "checkpoint": str(ckpt),
@@ -179,6 +225,62 @@ def format_table(results: Dict) -> str:
     return "\n".join(lines)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def checkpoint_root(cfg: TrainConfig, out: Path) -> str:
+    return cfg.checkpoint.dir or str(out / "checkpoints")
+
+
+@dataclass
+class ResumePlan:
+    done: Dict[str, dict] = field(default_factory=dict)  # stage -> its results entry
+    restore: Dict[str, str] = field(default_factory=dict)  # stage -> step checkpoint
+
+
+def plan_resume(cfg: TrainConfig, out: Path) -> ResumePlan:
+    """What ``resume`` means for this output_dir: finished stages and where the next restarts."""
+    plan = ResumePlan()
+    if cfg.resume is None:
+        return plan
+    results_file = out / "results.json"
+    finished = json.loads(results_file.read_text())["stages"] if results_file.exists() else {}
+    pending = [name for name in cfg.run_stages if name not in finished]
+    plan.done = {name: finished[name] for name in cfg.run_stages if name in finished}
+    if cfg.resume == "auto":
+        for name in pending[:1]:
+            latest = latest_checkpoint(f"{checkpoint_root(cfg, out).rstrip('/')}/{name}")
+            if latest:
+                plan.restore[name] = latest
+        log.info(
+            "resume=auto: %s done; %s",
+            sorted(plan.done) or "no stage",
+            f"{pending[0]} from {plan.restore[pending[0]]}"
+            if plan.restore
+            else "nothing to restore, starting the next stage fresh"
+            if pending
+            else "nothing left to run",
+        )
+        return plan
+    stage = read_checkpoint_meta(cfg.resume).get("stage")
+    if stage not in pending:
+        raise ValueError(
+            f"resume={cfg.resume}: a checkpoint of stage {stage!r}, which is not a pending stage "
+            f"of run_stages={cfg.run_stages} (done: {sorted(plan.done)})"
+        )
+    missing = [name for name in cfg.run_stages[: cfg.run_stages.index(stage)] if name in pending]
+    if missing:
+        raise ValueError(
+            f"resume={cfg.resume}: stage {stage!r} follows {missing}, which have no results in "
+            f"{results_file}"
+        )
+    plan.restore[stage] = cfg.resume
+    return plan
+
+
 def run(cfg: TrainConfig) -> Dict:
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -202,25 +304,44 @@ def run(cfg: TrainConfig) -> Dict:
     results: Dict = {"name": cfg.name, "output_dir": str(out), "stages": {}}
     if cfg.data.test_path and any(cfg.stages[s].eval_after for s in cfg.run_stages):
         results["baselines"] = baselines(load_questions(cfg.data.test_path)[: cfg.eval.max_samples])
+    plan = plan_resume(cfg, out)
     previous: Optional[Path] = None
     try:
-        for name in cfg.run_stages:
-            stage = cfg.stages[name]
-            init_from = stage.init_from or (str(previous) if previous else None)
-            summary, previous = run_stage(
-                cfg, stage, backend, tokenizer, run_logger, init_from, out
+        with StopSignal() as stop:
+            for name in cfg.run_stages:
+                stage = cfg.stages[name]
+                if name in plan.done:
+                    results["stages"][name] = plan.done[name]
+                    previous = Path(plan.done[name]["checkpoint"])
+                    log.info("stage %s: already complete in %s (resume)", name, out)
+                    continue
+                init_from = stage.init_from or (str(previous) if previous else None)
+                persistence = Persistence(
+                    Checkpointer(
+                        checkpoint_root(cfg, out),
+                        name,
+                        backend,
+                        cfg.checkpoint.keep_last,
+                        config_yaml(cfg),
+                    ),
+                    cfg.checkpoint.save_every,
+                    stop,
+                    plan.restore.get(name),
+                )
+                summary, previous = run_stage(
+                    cfg, stage, backend, tokenizer, run_logger, init_from, out, persistence
+                )
+                results["stages"][name] = summary
+                if backend.is_main:
+                    write_atomic(out / "results.json", json.dumps(results, indent=2))
+                    run_logger.plot_losses()
+            run_logger.summary(
+                {
+                    f"{k}/accuracy": v["eval"]["accuracy"]
+                    for k, v in results["stages"].items()
+                    if "eval" in v
+                }
             )
-            results["stages"][name] = summary
-            if backend.is_main:
-                (out / "results.json").write_text(json.dumps(results, indent=2))
-                run_logger.plot_losses()
-        run_logger.summary(
-            {
-                f"{k}/accuracy": v["eval"]["accuracy"]
-                for k, v in results["stages"].items()
-                if "eval" in v
-            }
-        )
     finally:
         run_logger.close()
         backend.shutdown()

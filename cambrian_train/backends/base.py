@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import warnings
 from typing import Dict, Iterable, Iterator, Optional
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from cambrian_train.batch import Batch
@@ -120,5 +122,55 @@ class Backend(abc.ABC):
     def barrier(self) -> None:
         """Wait for all processes."""
 
+    # -- training-state checkpoints (train/resume.py) ------------------------------------------
+    def dcp_save(self, state: Dict[str, torch.Tensor], path: str) -> None:
+        """Write this process's part of ``state`` (sharded tensors stay sharded) to ``path``."""
+        with single_process_ok():
+            dcp.save(state, storage_writer=dcp_storage(path, write=True))
+
+    def dcp_load(self, state: Dict[str, torch.Tensor], path: str) -> None:
+        """Read ``path`` into the tensors of ``state`` in place, resharding as needed."""
+        with single_process_ok():
+            dcp.load(state, storage_reader=dcp_storage(path, write=False))
+
+    def prime_optimizer(self, optimizer: torch.optim.Optimizer, params: list) -> None:
+        """Create the optimiser state (a step with zero gradients) so a load can fill it."""
+        if all(p in optimizer.state for p in params):
+            return
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def device_rng_state(self) -> Optional[object]:
+        """The accelerator's RNG state (None where the host RNG is all there is)."""
+        return None
+
+    def set_device_rng_state(self, state: object) -> None:
+        """Restore what :meth:`device_rng_state` returned."""
+
+    def any_process(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any process (all processes call it together)."""
+        return flag
+
     def shutdown(self) -> None:
         """Release the runtime."""
+
+
+def dcp_storage(path: str, write: bool):
+    """DCP storage for a local path or an fsspec URL (gs://...)."""
+    if "://" in path and not path.startswith("file://"):
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+
+        return FsspecWriter(path) if write else FsspecReader(path)
+    path = path.removeprefix("file://")
+    return dcp.FileSystemWriter(path) if write else dcp.FileSystemReader(path)
+
+
+@contextlib.contextmanager
+def single_process_ok():
+    """DCP warns when no process group exists; one process is a valid checkpoint writer."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        yield

@@ -112,6 +112,18 @@ class CudaFsdpBackend(Backend):
     def barrier(self) -> None:
         dist.barrier()
 
+    def any_process(self, flag: bool) -> bool:
+        value = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def device_rng_state(self):
+        return torch.cuda.get_rng_state() if self.cuda else None
+
+    def set_device_rng_state(self, state) -> None:
+        if self.cuda and state is not None:
+            torch.cuda.set_rng_state(state)
+
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()

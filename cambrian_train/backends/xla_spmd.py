@@ -16,15 +16,18 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 import torch_xla
+import torch_xla.core.xla_model as xm
 import torch_xla.debug.metrics as met
 import torch_xla.distributed.parallel_loader as pl
 import torch_xla.distributed.spmd as xs
+import torch_xla.experimental.distributed_checkpoint as xla_dcp
 import torch_xla.runtime as xr
 import torch_xla.utils.checkpoint as xla_checkpoint
 from torch import nn
 
-from cambrian_train.backends.base import Backend
+from cambrian_train.backends.base import Backend, dcp_storage, single_process_ok
 from cambrian_train.backends.sharding import FSDP_RULES, plan_sharding
 from cambrian_train.batch import Batch
 from cambrian_train.registry import BACKENDS
@@ -127,6 +130,37 @@ class XlaSpmdBackend(Backend):
     def compile_count(self) -> Optional[int]:
         data = met.metric_data("CompileTime")
         return int(data[0]) if data else 0
+
+    def dcp_save(self, state, path: str) -> None:
+        torch_xla.sync()
+        with single_process_ok():
+            dcp.save(
+                state, storage_writer=dcp_storage(path, True), planner=xla_dcp.SPMDSavePlanner()
+            )
+
+    def dcp_load(self, state, path: str) -> None:
+        with single_process_ok():
+            dcp.load(
+                state, storage_reader=dcp_storage(path, False), planner=xla_dcp.SPMDLoadPlanner()
+            )
+        torch_xla.sync()
+
+    def prime_optimizer(self, optimizer, params) -> None:
+        if not all(p in optimizer.state for p in params):
+            xla_dcp.prime_optimizer(optimizer)  # zero gradients sharded like their parameters
+            optimizer.zero_grad(set_to_none=True)
+
+    def device_rng_state(self):
+        return xm.get_rng_state()
+
+    def set_device_rng_state(self, state) -> None:
+        xm.set_rng_state(state)
+
+    def any_process(self, flag: bool) -> bool:
+        if self.world_size == 1:
+            return flag
+        payloads = xm.rendezvous("cambrian_any_process", bytes([int(flag)]))
+        return any(p and p[0] for p in payloads)
 
 
 def _chain(first, rest):

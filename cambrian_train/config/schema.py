@@ -92,10 +92,21 @@ class SyntheticConfig:
 
 
 @dataclass
+class DataSourceConfig:
+    """One source of a data mixture (``data.sources.NAME``); data/mixture.py."""
+
+    path: str = MISSING  # LLaVA JSON/JSONL
+    image_folder: Optional[str] = None  # its records' image root; None = data.image_folder
+    weight: Optional[float] = None  # share of the mixture (relative to the other weights)
+    category: Optional[str] = None  # or: a key of data.category_ratios (exactly one of the two)
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     root: Optional[str] = None  # directory of a generated data set (with ``synthetic``)
-    train_path: str = MISSING  # LLaVA JSON/JSONL used by stages that train on instruction data
+    # LLaVA JSON/JSONL used by stages that train on instruction data; null with ``sources``
+    train_path: Optional[str] = MISSING
     pretrain_path: Optional[str] = None  # stage-1 alignment data; None = train_path
     image_folder: str = MISSING  # record "image" paths are relative to this
     test_path: Optional[str] = None  # held-out JSONL: image, question, answer, optional choices
@@ -105,6 +116,13 @@ class DataConfig:
     max_images: int = 1  # image slots per sample (I)
     num_workers: int = 0
     strict: bool = False  # fail on the first bad record instead of counting and skipping it
+    # a mixture read instead of train_path (data/mixture.py), sources keyed by name
+    sources: Dict[str, DataSourceConfig] = field(default_factory=dict)
+    category_ratios: Dict[str, float] = field(default_factory=dict)  # category -> share (sum 1)
+    mixture_size: Optional[int] = None  # records per mixture epoch; None = sum of source sizes
+    # batches of one modality and similar true token length (data/sampler.py); false = shuffle
+    group_by_length: bool = True
+    length_group_batches: int = 16  # steps per length-sorted megabatch
 
 
 @dataclass
@@ -182,6 +200,19 @@ class EvalConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Sharded training-state checkpoints for resuming (train/resume.py).
+
+    The end-of-stage ``<output_dir>/<stage>/checkpoint`` (whole tensors, for export and the next
+    stage) is always written; these are the mid-stage ones.
+    """
+
+    dir: Optional[str] = None  # local path or gs://...; None = <output_dir>/checkpoints
+    save_every: int = 0  # optimiser steps between saves; 0 = only on preemption
+    keep_last: int = 2  # committed checkpoints kept per stage (older ones are deleted)
+
+
+@dataclass
 class TrainConfig:
     """The root config: everything a run needs."""
 
@@ -196,3 +227,7 @@ class TrainConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # null: start fresh | auto: the latest complete checkpoint of this output_dir, if any |
+    # a step-checkpoint directory
+    resume: Optional[str] = None

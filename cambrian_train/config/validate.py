@@ -271,6 +271,15 @@ def _check_data(cfg: TrainConfig, errors: list[str]) -> None:
             continue
         if st.dataset == "pretrain" and d.pretrain_path is not None:
             needed["data.pretrain_path"] = d.pretrain_path
+        elif d.sources:
+            for key, source in d.sources.items():
+                needed[f"data.sources.{key}.path"] = source.path
+                if source.image_folder is not None:
+                    needed[f"data.sources.{key}.image_folder"] = source.image_folder
+        elif d.train_path is None:
+            errors.append(
+                f"stages.{name} reads data.train_path, which is null, and data.sources is empty"
+            )
         else:
             needed["data.train_path"] = d.train_path
         if st.eval_after:
@@ -281,6 +290,64 @@ def _check_data(cfg: TrainConfig, errors: list[str]) -> None:
     for key, path in needed.items():
         if not _is_remote(path) and not os.path.exists(path):
             errors.append(f"{key}={path} does not exist")
+
+
+def _check_mixture(cfg: TrainConfig, errors: list[str]) -> None:
+    """``data.sources`` / ``category_ratios`` / ``mixture_size`` and the sampler's fields."""
+    d = cfg.data
+    if d.length_group_batches < 1:
+        errors.append(f"data.length_group_batches={d.length_group_batches} must be >= 1")
+    if d.mixture_size is not None and d.mixture_size < 1:
+        errors.append(f"data.mixture_size={d.mixture_size} must be >= 1")
+    if not d.sources:
+        for key, value in (
+            ("category_ratios", d.category_ratios),
+            ("mixture_size", d.mixture_size),
+        ):
+            if value:
+                errors.append(f"data.{key}={value} is set but data.sources is empty")
+        return
+    kinds = set()
+    for key, source in d.sources.items():
+        if (source.weight is None) == (source.category is None):
+            errors.append(
+                f"data.sources.{key}: set exactly one of weight and category (weight="
+                f"{source.weight}, category={source.category!r})"
+            )
+            continue
+        kinds.add("weight" if source.weight is not None else "category")
+        if source.weight is not None and not (math.isfinite(source.weight) and source.weight > 0):
+            errors.append(f"data.sources.{key}.weight={source.weight} must be > 0")
+    if len(kinds) > 1:
+        errors.append(
+            "data.sources mixes weights and categories: give every source a weight, or every "
+            "source a category of data.category_ratios"
+        )
+    categories = {s.category for s in d.sources.values() if s.category is not None}
+    if d.category_ratios:
+        _check_ratios(d.category_ratios, categories, errors)
+    elif categories:
+        errors.append(
+            f"data.sources have categories {sorted(categories)} but data.category_ratios is empty"
+        )
+
+
+def _check_ratios(ratios: dict, categories: set, errors: list[str]) -> None:
+    for category, ratio in ratios.items():
+        if not (math.isfinite(ratio) and ratio > 0):
+            errors.append(f"data.category_ratios.{category}={ratio} must be > 0")
+        if category not in categories:
+            errors.append(
+                f"data.category_ratios.{category} has no source: no data.sources entry has "
+                f"category={category!r}"
+            )
+    total = sum(ratios.values())
+    if abs(total - 1.0) > 1e-6:
+        errors.append(f"data.category_ratios sum to {total:.8g}, not 1 (within 1e-6)")
+    for category in sorted(categories - set(ratios)):
+        errors.append(
+            f"data.sources category {category!r} has no data.category_ratios.{category} entry"
+        )
 
 
 def _check_runtime(cfg: TrainConfig, errors: list[str]) -> None:
@@ -311,6 +378,11 @@ def _check_runtime(cfg: TrainConfig, errors: list[str]) -> None:
             f"backend.on_recompile={cfg.backend.on_recompile!r} is not one of "
             "['off', 'warn', 'error']"
         )
+    ckpt = cfg.checkpoint
+    if ckpt.save_every < 0:
+        errors.append(f"checkpoint.save_every={ckpt.save_every} must be >= 0 (0 = never)")
+    if ckpt.keep_last < 1:
+        errors.append(f"checkpoint.keep_last={ckpt.keep_last} must be >= 1")
     if cfg.logger.wandb_mode not in ("offline", "online", "auto"):
         errors.append(
             f"logger.wandb_mode={cfg.logger.wandb_mode!r} is not one of ['offline', 'online', "
@@ -341,6 +413,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     _check_model(cfg, errors)
     _check_stages(cfg, errors)
     _check_runtime(cfg, errors)
+    _check_mixture(cfg, errors)
     if check_paths:
         _check_data(cfg, errors)
     _raise(errors)

@@ -1,59 +1,220 @@
-"""Byte-offset indexes of JSONL files, built once and cached.
+"""Byte-offset indexes of JSONL files, local or remote (fsspec URLs such as ``gs://``).
 
 The index of ``data.jsonl`` is ``data.jsonl.idx.npy`` (int64 offsets of its non-blank lines)
-with ``data.jsonl.idx.json`` (the file's size and mtime when indexed). It is stored beside the
-file, or, where that directory is not writable, under ``$CAMBRIAN_INDEX_DIR`` (default
-``~/.cache/cambrian-train/index``). A changed file (size or mtime) is re-indexed. The offsets are
-memory-mapped, so a 7M-record index costs page cache, not process memory.
+with ``data.jsonl.idx.json`` (the file's identity when indexed: size and mtime, or for a URL the
+size plus the store's version fields — generation, etag, mtime). A local file's index is stored
+beside it, or, where that directory is not writable, under the cache dir (``$CAMBRIAN_INDEX_DIR``,
+default ``~/.cache/cambrian-train/index``); a remote file's index always lives in the cache dir,
+keyed by its URL. A changed file is re-indexed. Offsets are memory-mapped, so a 7M-record index
+costs page cache, not process memory; the scan reads fixed-size chunks and finds line starts with
+numpy, so memory stays bounded whatever the file size.
+
+:func:`open_range_reader` gives the per-process byte-range reader behind ``JsonlRecords``:
+``os.pread`` on a local file, ``seek`` + ``read`` on an fsspec file for a URL. A URL whose
+filesystem package is not installed (``gs://`` without ``gcsfs``) is a ValueError naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
 import tempfile
-from array import array
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, List, Optional, Tuple
 
 import numpy as np
 
 from cambrian_train.fileutil import file_lock
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SCAN_CHUNK_BYTES = 8 << 20
+SHARED_FILE_MODE = 0o644  # not the 0o600 of temporary files
+RANGE_BLOCK_BYTES = 64 << 10  # read-ahead of a remote record read (neighbours come with it)
+# protocols whose fsspec implementation lives in a separate package
+FS_PACKAGES = {
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "az": "adlfs",
+    "abfs": "adlfs",
+    "abfss": "adlfs",
+}
+# fields of fsspec's ``info()`` that change when an object is rewritten (first ones are exact)
+VERSION_FIELDS = (
+    "generation",
+    "etag",
+    "ETag",
+    "md5Hash",
+    "mtime",
+    "LastModified",
+    "updated",
+    "modified",
+    "created",
+)
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
 
 
-def scan_offsets(path: str) -> np.ndarray:
-    """Offsets of the non-blank lines of ``path``, in one buffered pass."""
-    offsets = array("q")  # 8 bytes a record while scanning, not a Python int each
-    with open(path, "rb") as fh:
-        pos = 0
-        for line in fh:
-            if not line.isspace():
-                offsets.append(pos)
-            pos += len(line)
-    return np.frombuffer(offsets, dtype=np.int64).copy()
+def is_url(path: str) -> bool:
+    """True for a remote fsspec URL (``gs://``, ``memory://``, …); ``file://`` is local."""
+    return "://" in path and not path.startswith("file://")
 
 
-def _stamp(path: str) -> dict:
-    stat = os.stat(path)
-    return {"version": FORMAT_VERSION, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def local_path(path: str) -> str:
+    return path[len("file://") :] if path.startswith("file://") else path
 
 
-def _candidates(path: str) -> list[Path]:
-    beside = Path(path + ".idx")
-    cache_root = Path(
-        os.environ.get("CAMBRIAN_INDEX_DIR", Path.home() / ".cache" / "cambrian-train" / "index")
-    )
-    digest = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
-    return [beside, cache_root / f"{Path(path).name}.{digest}.idx"]
+def url_filesystem(url: str):
+    """``url`` → (fsspec filesystem, path inside it); ValueError when its package is missing."""
+    import fsspec
+
+    protocol = url.split("://", 1)[0]
+    package = FS_PACKAGES.get(protocol)
+    if package is not None:
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            raise ValueError(
+                f"{url}: reading {protocol}:// paths needs the '{package}' package "
+                f"(pip install {package})"
+            ) from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as err:
+        raise ValueError(f"{url}: no filesystem for {protocol}:// ({err})") from None
+
+
+def cache_root() -> Path:
+    default = Path.home() / ".cache" / "cambrian-train" / "index"
+    return Path(os.environ.get("CAMBRIAN_INDEX_DIR", default))
+
+
+def cache_key(path: str) -> str:
+    """A short stable key for a file: its URL, or its absolute local path."""
+    name = path if is_url(path) else os.path.abspath(local_path(path))
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def source_stamp(path: str) -> dict:
+    """The identity of ``path`` now (size + mtime, or a URL's version fields).
+
+    ValueError when the file does not exist.
+    """
+    if not is_url(path):
+        try:
+            stat = os.stat(local_path(path))
+        except FileNotFoundError:
+            raise ValueError(f"data file {path} does not exist") from None
+        return {"version": FORMAT_VERSION, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    fs, fs_path = url_filesystem(path)
+    try:
+        info = fs.info(fs_path)
+    except FileNotFoundError:
+        raise ValueError(f"data file {path} does not exist") from None
+    identity = {key: str(info[key]) for key in VERSION_FIELDS if info.get(key) is not None}
+    if not identity:
+        log.warning("%s: the store reports no version field; changes are seen by size only", path)
+    return {"version": FORMAT_VERSION, "url": path, "size": int(info["size"]), **identity}
+
+
+def open_binary(path: str, block_size: int = SCAN_CHUNK_BYTES) -> BinaryIO:
+    """A sequential binary reader of a local path or URL."""
+    if not is_url(path):
+        return open(local_path(path), "rb")
+    fs, fs_path = url_filesystem(path)
+    return fs.open(fs_path, "rb", block_size=block_size, cache_type="readahead")
+
+
+class _LocalRangeReader:
+    def __init__(self, path: str):
+        self._fd = os.open(local_path(path), os.O_RDONLY)
+
+    def read(self, start: int, length: int) -> bytes:
+        return os.pread(self._fd, length, start)  # no shared file position: fork-safe
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class _RemoteRangeReader:
+    def __init__(self, url: str):
+        self._fh = open_binary(url, block_size=RANGE_BLOCK_BYTES)
+
+    def read(self, start: int, length: int) -> bytes:
+        self._fh.seek(start)
+        return self._fh.read(length)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def open_range_reader(path: str):
+    """An object with ``read(start, length) -> bytes`` and ``close()`` for ``path``."""
+    return _RemoteRangeReader(path) if is_url(path) else _LocalRangeReader(path)
+
+
+def scan_offsets(stream: BinaryIO, chunk_bytes: int = SCAN_CHUNK_BYTES) -> np.ndarray:
+    """Offsets of the non-blank lines of ``stream``: int64 [num_records], one chunked pass.
+
+    Per chunk, the pieces are the lines ending in it and the tail after its last newline; a
+    piece has text when any of its bytes is not whitespace (one ``reduceat``). Temporaries are
+    two bytes per chunk byte plus 8 per line.
+    """
+    parts: List[np.ndarray] = []
+    line_start, line_has_text, pos = 0, False, 0  # the line still open at the chunk boundary
+    while True:
+        chunk = stream.read(chunk_bytes)
+        if not chunk:
+            break
+        data = np.frombuffer(chunk, dtype=np.uint8)
+        ends = np.flatnonzero(data == 10)  # newline positions
+        starts = np.concatenate([[0], ends + 1])  # of the pieces: lines ending here, then tail
+        if starts[-1] == len(data):
+            starts = starts[:-1]  # the chunk ends with a newline: no tail
+        text = np.logical_or.reduceat(~_WHITESPACE[data], starts)  # [pieces] any text
+        if len(ends):
+            has_text = text[: len(ends)]
+            has_text[0] |= line_has_text
+            line_starts = starts[: len(ends)] + pos
+            line_starts[0] = line_start
+            parts.append(line_starts[has_text])
+            line_start, line_has_text = pos + int(ends[-1]) + 1, False
+        if len(starts) > len(ends):
+            line_has_text |= bool(text[-1])
+        pos += len(data)
+    if line_has_text:  # a last line without a newline
+        parts.append(np.array([line_start]))
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class JsonlIndex:
+    """Where a JSONL file's records start, and where the last one ends."""
+
+    offsets: np.ndarray  # int64 [num_records], memory-mapped when ``file`` is set
+    size: int  # the file's size when indexed
+    file: Optional[Path]  # the stored ``.idx.npy`` (None: kept in memory only)
+
+
+def _candidates(path: str) -> List[Path]:
+    in_cache = cache_root() / f"{Path(local_path(path)).name}.{cache_key(path)}.idx"
+    if is_url(path):
+        return [in_cache]
+    return [Path(local_path(path) + ".idx"), in_cache]
+
+
+def _files(base: Path) -> Tuple[Path, Path]:
+    return base.with_suffix(".idx.json"), base.with_suffix(".idx.npy")
 
 
 def _load(base: Path, stamp: dict) -> Optional[np.ndarray]:
-    meta, data = base.with_suffix(".idx.json"), base.with_suffix(".idx.npy")
+    meta, data = _files(base)
     try:
         if json.loads(meta.read_text()) != stamp:
             return None
@@ -64,36 +225,48 @@ def _load(base: Path, stamp: dict) -> Optional[np.ndarray]:
 
 def _save(base: Path, offsets: np.ndarray, stamp: dict) -> bool:
     """Write atomically (temporary names, then rename); False when the place is not writable."""
+    meta, data = _files(base)
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=base.parent, suffix=".npy", delete=False) as tmp:
             np.save(tmp, offsets)
-        os.replace(tmp.name, base.with_suffix(".idx.npy"))
+        os.chmod(tmp.name, SHARED_FILE_MODE)  # readable by the other users of the data
+        os.replace(tmp.name, data)
         meta_tmp = base.with_suffix(".idx.json.tmp")
         meta_tmp.write_text(json.dumps(stamp))
-        os.replace(meta_tmp, base.with_suffix(".idx.json"))
+        os.replace(meta_tmp, meta)
         return True
     except OSError:
         return False
 
 
-def jsonl_offsets(path: str) -> np.ndarray:
-    """The (cached) offsets of ``path``'s records; builds and stores the index when stale."""
-    stamp = _stamp(path)
+def _scan(path: str) -> np.ndarray:
+    with open_binary(path) as stream:
+        return scan_offsets(stream)
+
+
+def load_index(path: str) -> JsonlIndex:
+    """The (cached) index of ``path``; built under a lock and stored when missing or stale."""
+    stamp = source_stamp(path)
     candidates = _candidates(path)
     for base in candidates:
         offsets = _load(base, stamp)
         if offsets is not None:
-            return offsets
-    offsets = scan_offsets(path)
+            return JsonlIndex(offsets, stamp["size"], _files(base)[1])
+    scanned = None
     for base in candidates:
         try:
-            lock = file_lock(base.with_suffix(".idx.lock"))
-            with lock:
-                if _save(base, offsets, stamp):
-                    log.info("indexed %s: %d records -> %s", path, len(offsets), base)
-                    return offsets
+            with file_lock(base.with_suffix(".idx.lock")):
+                offsets = _load(base, stamp)  # another process may have built it meanwhile
+                if offsets is None:
+                    scanned = _scan(path) if scanned is None else scanned
+                    if not _save(base, scanned, stamp):
+                        continue
+                    log.info("indexed %s: %d records -> %s", path, len(scanned), base)
+                    offsets = _load(base, stamp)
+                if offsets is not None:
+                    return JsonlIndex(offsets, stamp["size"], _files(base)[1])
         except OSError:
             continue
     log.warning("could not store the index of %s; it is rebuilt on every open", path)
-    return offsets
+    return JsonlIndex(_scan(path) if scanned is None else scanned, stamp["size"], None)

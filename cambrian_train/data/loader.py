@@ -1,19 +1,25 @@
-"""Streams of full training batches: deterministic shuffling, skip accounting, batching.
+"""Streams of full training batches: skip accounting, batching, and the resume cursor.
 
 Skipped records are counted by reason (first few ids logged) and the stream keeps drawing until
 it has ``batch_size`` valid samples, so every batch is full and no bad record is ever replaced by
-a silently duplicated one. ``strict`` raises on the first skip instead.
+a silently duplicated one. ``strict`` raises on the first skip instead. Indices come from a
+sampler of :mod:`cambrian_train.data.sampler` (``EpochSampler`` is re-exported here); the
+stream's :meth:`BatchStream.state_dict` is where a resumed run starts its sampler.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Callable, Dict, Iterator, List
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Iterator, List
 
 import torch
 
 from cambrian_train.data.dataset import Sample, Skipped
+from cambrian_train.data.sampler import EpochSampler, IndexSampler
+
+__all__ = ["BatchStream", "Cursor", "DataError", "EpochSampler", "SkipStats", "batch_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -49,63 +55,133 @@ class SkipStats:
     def summary(self) -> dict:
         return {"total": self.total, "by_reason": dict(self.counts), "first_ids": self.ids}
 
+    def state_dict(self) -> dict:
+        return {"counts": dict(self.counts), "ids": {k: list(v) for k, v in self.ids.items()}}
 
-class EpochSampler(torch.utils.data.Sampler):
-    """Endless indices: a fresh permutation per epoch from (seed, epoch), this rank's share."""
-
-    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle=True):
-        if size == 0:
-            raise DataError("the data set has no records")
-        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
-        self.shuffle = shuffle
-
-    def epoch_indices(self, epoch: int) -> List[int]:
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.size, generator=gen).tolist()
-        else:
-            order = list(range(self.size))
-        return order[self.rank :: self.world_size]
-
-    def __iter__(self) -> Iterator[int]:
-        epoch = 0
-        while True:
-            yield from self.epoch_indices(epoch)
-            epoch += 1
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the counts of a resumed run."""
+        self.counts = Counter(state["counts"])
+        self.ids = {k: list(v) for k, v in state["ids"].items()}
 
 
 def _identity(item):
     return item
 
 
-def batch_stream(
-    dataset: torch.utils.data.Dataset,
-    sampler: EpochSampler,
+@dataclass
+class Cursor:
+    """Where a stream stands: sampler positions taken and batches yielded."""
+
+    position: int
+    num_batches: int = 0
+
+
+class BatchStream:
+    """Endless full batches of valid samples, with a resume cursor.
+
+    :attr:`position` is how many sampler positions (valid and skipped records alike) the main
+    process has taken from the loader up to the last batch it yielded; loader workers that
+    prefetch ahead do not move it. A stream built on a sampler with ``start=position`` (see
+    :meth:`IndexSampler.load_state_dict`) continues with exactly the batches this one would
+    have yielded next. Loader workers stop on :meth:`close` (or ``with``), or when the last
+    reference to the stream goes.
+    """
+
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset,
+        sampler: IndexSampler,
+        batch_size: int,
+        collate_fn: Callable[[List[Sample]], object],
+        stats: SkipStats,
+        num_workers: int = 0,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.sampler, self.stats = sampler, stats
+        self.cursor = Cursor(sampler.start)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=_identity,
+            persistent_workers=num_workers > 0,
+        )
+        # the generator holds no reference to self: dropping the stream stops the workers
+        self._batches = _full_batches(
+            loader, len(dataset), batch_size, collate_fn, stats, self.cursor
+        )
+
+    @property
+    def position(self) -> int:
+        return self.cursor.position
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self):
+        return next(self._batches)
+
+    def close(self) -> None:
+        """Stop the loader's workers now."""
+        self._batches.close()
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def state_dict(self) -> Dict:
+        """The sampler state at :attr:`position` (what a resumed sampler loads), the number of
+        batches yielded and the skip counts (``SkipStats.load_state_dict(state['skips'])``)."""
+        return {
+            **self.sampler.state_dict(self.cursor.position),
+            "batches": self.cursor.num_batches,
+            "skips": self.stats.state_dict(),
+        }
+
+
+def _full_batches(
+    loader: Iterable,
+    num_records: int,
     batch_size: int,
     collate_fn: Callable[[List[Sample]], object],
     stats: SkipStats,
-    num_workers: int = 0,
+    cursor: Cursor,
 ) -> Iterator[object]:
-    """Endless full batches of valid samples."""
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=None,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=_identity,
-        persistent_workers=num_workers > 0,
-    )
+    """Collated batches of ``batch_size`` valid samples; skips counted; ``cursor`` advanced by
+    the positions each batch took, just before it is yielded."""
     buffer: List[Sample] = []
+    taken = 0  # positions taken since the last yielded batch
     drawn_since_valid = 0
     for item in loader:
+        taken += 1
         if isinstance(item, Skipped):
             stats.add(item)
             drawn_since_valid += 1
-            if drawn_since_valid >= len(dataset) * 2:  # two whole passes without one valid sample
+            if drawn_since_valid >= num_records * 2:  # two whole passes without a valid one
                 raise DataError(f"no usable record in the data set; skips: {stats.summary()}")
             continue
         drawn_since_valid = 0
         buffer.append(item)
         if len(buffer) == batch_size:
-            yield collate_fn(buffer)
+            batch = collate_fn(buffer)
             buffer = []
+            cursor.position += taken
+            cursor.num_batches += 1
+            taken = 0
+            yield batch
+
+
+def batch_stream(
+    dataset: torch.utils.data.Dataset,
+    sampler: IndexSampler,
+    batch_size: int,
+    collate_fn: Callable[[List[Sample]], object],
+    stats: SkipStats,
+    num_workers: int = 0,
+) -> BatchStream:
+    """Endless full batches of valid samples (a :class:`BatchStream`)."""
+    return BatchStream(dataset, sampler, batch_size, collate_fn, stats, num_workers)

@@ -140,7 +140,9 @@ class Template:
         users = [t for t in turns if t.role == "user"]
         answers = [t for t in turns if t.role == "assistant"]
         if len(answers) != 1:
-            raise ValueError(f"template 'plain' needs exactly one answer, got {len(answers)}")
+            raise RecordError(
+                "not_one_answer", f"template 'plain' needs exactly one answer, got {len(answers)}"
+            )
         images = sum(t.text.count(IMAGE_TAG) for t in users)
         prompt = self.bos + IMAGE_TAG * images
         return _merge(

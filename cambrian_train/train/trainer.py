@@ -11,7 +11,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import torch
 from tqdm import tqdm
@@ -21,6 +21,8 @@ from cambrian_train.batch import Batch
 from cambrian_train.config.schema import StageConfig
 from cambrian_train.train.metrics import RunLogger
 from cambrian_train.train.optim import build_optimizer, build_scheduler
+from cambrian_train.train.preempt import Preempted, StopSignal
+from cambrian_train.train.resume import Checkpointer
 from cambrian_train.train.stage import ParamGroup, count_params, lr_scale
 
 log = logging.getLogger(__name__)
@@ -36,14 +38,26 @@ class StageResult:
     samples_per_s: float
     tokens_per_s: float
     skipped_steps: int
+    resumed_from_step: int = 0
 
 
-def _record_sizes(stream: Iterator[Batch], sizes: deque) -> Iterator[Batch]:
-    """Pass host batches through, noting their real-token and sample counts (read on the host,
-    before any device transfer, so throughput never costs a device sync)."""
+def _record_sizes(stream: Iterator[Batch], sizes: deque, cursor: Callable[[], dict]):
+    """Pass host batches through, noting their real-token and sample counts and the data
+    cursor just after each (read on the host, before any device transfer or prefetch, so
+    throughput never costs a device sync and a checkpoint knows exactly what was consumed)."""
     for batch in stream:
-        sizes.append((int(batch.attention_mask.sum()), batch.batch_size))
+        sizes.append((int(batch.attention_mask.sum()), batch.batch_size, cursor()))
         yield batch
+
+
+@dataclass
+class Persistence:
+    """How a stage saves and resumes its training state (train/resume.py, train/preempt.py)."""
+
+    checkpointer: Checkpointer
+    save_every: int  # 0 = only when stopped
+    stop: StopSignal
+    restore_from: Optional[str] = None  # a step checkpoint to resume from
 
 
 class TrainingDiverged(RuntimeError):
@@ -90,11 +104,19 @@ def train_stage(
     model: torch.nn.Module,
     groups: List[ParamGroup],
     backend: Backend,
-    stream: Iterator[Batch],
+    open_stream: Callable[[Optional[dict]], Iterator[Batch]],
     total_steps: int,
     run_logger: RunLogger,
+    persistence: Optional[Persistence] = None,
 ) -> StageResult:
-    """Run ``total_steps`` optimiser steps of ``stage`` on an already prepared model."""
+    """Run ``total_steps`` optimiser steps of ``stage`` on an already prepared model.
+
+    ``open_stream(sampler_state)`` opens the host batch stream (from the start, or from a
+    resumed cursor); its ``state_dict()``, where it has one (data/loader.py BatchStream), is the
+    data cursor after the latest host batch drawn.
+    With ``persistence``, the training state is saved every ``save_every`` steps and when a stop
+    signal arrives (then :class:`Preempted` is raised), and ``restore_from`` resumes a stage.
+    """
     scale = lr_scale(stage)
     if stage.base_batch_size is not None:
         log.info(
@@ -115,27 +137,41 @@ def train_stage(
     optimizer = build_optimizer(groups, stage)
     scheduler = build_scheduler(optimizer, stage, total_steps)
     params = [p for g in groups for p in g.params]
+    counters = {"first_loss": float("nan"), "samples": 0, "tokens": 0, "skipped_steps": 0}
+    start_step, sampler_state = 0, None
+    if persistence is not None and persistence.restore_from:
+        restored = persistence.checkpointer.restore(persistence.restore_from, model, optimizer)
+        start_step, sampler_state = restored.step, restored.rank.sampler
+        counters.update(restored.meta.get("counters", {}))
+        scheduler.last_epoch = start_step - 1
+        scheduler.step()  # the learning rates of step ``start_step``
     if stage.gradient_checkpointing:
         backend.enable_gradient_checkpointing(model)
     model.train()
-    sizes: deque = deque()  # (tokens, samples) of each host batch, consumed in order
-    batches = backend.device_stream(_record_sizes(stream, sizes))
+    sizes: deque = deque()  # (tokens, samples, cursor) of each host batch, consumed in order
+    stream = open_stream(sampler_state)
+    cursor = getattr(stream, "state_dict", dict)
+    batches = backend.device_stream(_record_sizes(stream, sizes, cursor))
     watch = CompileWatch(backend)
+    consumed_cursor = sampler_state or {}
 
     show_bar = backend.is_main and run_logger.cfg.progress_bar
-    bar = tqdm(total=total_steps, desc=stage.name, disable=not show_bar)
+    bar = tqdm(total=total_steps, initial=start_step, desc=stage.name, disable=not show_bar)
     pending: List[torch.Tensor] = []
-    first_loss = final_loss = float("nan")
-    skipped_total = torch.zeros((), dtype=torch.long, device=backend.device)  # non-finite steps
+    first_loss, final_loss = counters["first_loss"], float("nan")
+    skipped_total = torch.full(  # non-finite steps
+        (), counters["skipped_steps"], dtype=torch.long, device=backend.device
+    )
     skipped_run = torch.zeros((), dtype=torch.long, device=backend.device)  # ... in a row
-    samples = tokens = 0
+    samples, tokens = counters["samples"], counters["tokens"]
+    samples_before, tokens_before = samples, tokens  # from the run before a resume
     start = window_start = time.perf_counter()
     window_tokens = window_samples = 0
-    for step in range(total_steps):
+    for step in range(start_step, total_steps):
         step_loss = torch.zeros((), device=backend.device)
         for _ in range(stage.grad_accum_steps):
             batch = next(batches)
-            n_tokens, n_samples = sizes.popleft()
+            n_tokens, n_samples, consumed_cursor = sizes.popleft()
             window_tokens += n_tokens
             window_samples += n_samples
             with backend.autocast():
@@ -154,7 +190,8 @@ def train_stage(
         pending.append(step_loss)
         bar.update(1)
         last = step + 1 == total_steps
-        is_log_step = (step + 1) % stage.log_every == 0 or last or step == 0
+        stopping = persistence is not None and backend.any_process(persistence.stop.requested)
+        is_log_step = (step + 1) % stage.log_every == 0 or last or step == start_step or stopping
         if backend.eager or is_log_step:  # eager backends have the flag already; XLA waits
             run = int(skipped_run)
             if run >= stage.max_nonfinite_steps:
@@ -183,7 +220,7 @@ def train_stage(
             if watch.count is not None:
                 metrics["compiles"] = watch.count
             run_logger.log(stage.name, step + 1, metrics)
-            if step == 0:
+            if step + 1 - len(losses) == 0:
                 first_loss = losses[0]
             final_loss = losses[-1]
             tokens += window_tokens
@@ -203,6 +240,32 @@ def train_stage(
                     bar.write(line)
                 else:
                     log.info("%s", line)
+        if persistence is not None and not last:
+            due = persistence.save_every and (step + 1) % persistence.save_every == 0
+            if due or stopping:
+                if not is_log_step:  # the counters below must include this window
+                    tokens += window_tokens
+                    samples += window_samples
+                    window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
+                meta = {
+                    "total_steps": total_steps,
+                    "counters": {
+                        "first_loss": first_loss,
+                        "samples": samples,
+                        "tokens": tokens,
+                        "skipped_steps": int(skipped_total),
+                    },
+                }
+                path = persistence.checkpointer.save(
+                    step + 1, model, optimizer, consumed_cursor, meta
+                )
+                if stopping:
+                    bar.close()
+                    raise Preempted(
+                        f"stage {stage.name}: stopped by {persistence.stop.signal_name or 'a peer'}"
+                        f" after step {step + 1}/{total_steps}; state saved to {path}",
+                        path,
+                    )
     bar.close()
     seconds = time.perf_counter() - start
     skipped = int(skipped_total)
@@ -218,7 +281,8 @@ def train_stage(
         first_loss,
         final_loss,
         seconds,
-        samples / seconds,
-        tokens / seconds,
+        (samples - samples_before) / seconds,
+        (tokens - tokens_before) / seconds,
         skipped,
+        start_step,
     )

@@ -76,7 +76,13 @@ def test_pretrain_freezes_llm_and_towers_and_hands_connector_over(setup, tmp_pat
     backend = build_backend(cfg.backend, cfg.mesh)
     logger = RunLogger(cfg.logger, tmp_path, "t", {}, active=False)
     result = train_stage(
-        stage, model, groups, backend, make_stream(cfg, stage, model, tokenizer), 3, logger
+        stage,
+        model,
+        groups,
+        backend,
+        lambda _: make_stream(cfg, stage, model, tokenizer),
+        3,
+        logger,
     )
     assert result.steps == 3
     after = model.state_dict()
@@ -147,15 +153,15 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(setup, tmp_path):
         return {k: v.clone() for k, v in model.state_dict().items() if k.startswith("connector.")}
 
     start = connector()
-    train_stage(stage, model, groups, backend, stream, 1, logger)  # call 1: trains
+    train_stage(stage, model, groups, backend, lambda _: stream, 1, logger)  # call 1: trains
     after_good = connector()
     assert any(not torch.equal(start[k], after_good[k]) for k in start)
-    result = train_stage(stage, model, groups, backend, stream, 1, logger)  # call 2: NaN
+    result = train_stage(stage, model, groups, backend, lambda _: stream, 1, logger)  # call 2: NaN
     assert result.skipped_steps == 1
     assert all(torch.equal(after_good[k], v) for k, v in connector().items())  # untouched
     # calls 3, 4 train; 5, 6, 7 are NaN: the third in a row stops the run
     with pytest.raises(TrainingDiverged, match="3 optimizer steps in a row"):
-        train_stage(stage, model, groups, backend, stream, 10, logger)
+        train_stage(stage, model, groups, backend, lambda _: stream, 10, logger)
     assert logger.history["pretrain"][-1]["skipped_steps"] == 2  # logged before the stop
 
 

@@ -397,3 +397,15 @@ def test_errors_name_the_reason(tokenizer):
         parse_turns([{"from": "bot", "value": "x"}], "rec-1")
     with pytest.raises(ValueError, match="template='nope'.*tokenizer"):
         get_template("nope")
+
+
+def test_plain_with_two_answers_is_a_counted_skip_not_a_crash(tokenizer):
+    turns = [
+        Turn("user", "<image>"),
+        Turn("assistant", "a"),
+        Turn("user", "b"),
+        Turn("assistant", "c"),
+    ]
+    with pytest.raises(RecordError) as err:
+        encode(turns, get_template("plain"), tokenizer, 4, 99, 512)
+    assert err.value.reason == "not_one_answer"

@@ -1,0 +1,254 @@
+"""Sharded, atomic training-state checkpoints and exact resume (``torch.distributed.checkpoint``).
+
+Layout under the checkpoint root (``checkpoint.dir``, default ``<output_dir>/checkpoints``; a
+local path or any fsspec URL such as ``gs://``)::
+
+    <root>/<stage>/step-00000120/
+        .metadata, __*_*.distcp   DCP shards: model.<param> (the trained parameters),
+                                  optim.<param>.<key> (AdamW step / exp_avg / exp_avg_sq)
+        rank-00000.pt ...         per process: sampler cursor and RNG states
+        meta.json                 stage, step, planned steps, run counters, config digest
+        COMMITTED                 written last: only directories holding it count
+
+Every process writes its shards (the backend chooses the planner: XLA SPMD planners on TPU,
+DTensor shards under FSDP2), then the main process writes ``COMMITTED``. Local checkpoints are
+written as ``step-N.partial`` and renamed after the commit, so a crash midway leaves the previous
+checkpoint untouched and the partial one is ignored (and removed by the next save). Loading
+reshards: DCP stores global shapes, so a run may resume on another device count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import fsspec
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+COMMIT_FILE = "COMMITTED"
+META_FILE = "meta.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+# Test hook: crash (os._exit) inside a save after the shards are written, before the commit.
+CRASH_ENV = "CAMBRIAN_TEST_CRASH_IN_SAVE"
+
+
+@dataclass
+class RankState:
+    """What each process restores besides tensors."""
+
+    sampler: dict = field(default_factory=dict)
+    rng: dict = field(default_factory=dict)
+
+
+@dataclass
+class Restored:
+    path: str
+    step: int
+    meta: dict
+    rank: RankState
+
+
+def _fs(path: str):
+    fs, root = fsspec.core.url_to_fs(path)
+    return fs, root
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def committed_steps(stage_root: str) -> List[int]:
+    """Steps of the complete checkpoints under ``<root>/<stage>``, ascending."""
+    fs, root = _fs(stage_root)
+    if not fs.exists(root):
+        return []
+    steps = []
+    for entry in fs.ls(root, detail=False):
+        match = _STEP_DIR.match(entry.rstrip("/").rsplit("/", 1)[-1])
+        if match and fs.exists(f"{entry.rstrip('/')}/{COMMIT_FILE}"):
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def latest_checkpoint(stage_root: str) -> Optional[str]:
+    """The newest complete checkpoint directory of a stage, or None."""
+    steps = committed_steps(stage_root)
+    return f"{stage_root.rstrip('/')}/{step_dir_name(steps[-1])}" if steps else None
+
+
+def read_checkpoint_meta(path: str) -> dict:
+    """``meta.json`` of a complete step checkpoint; ValueError naming the path otherwise."""
+    fs, local = _fs(path)
+    if not fs.exists(f"{local}/{COMMIT_FILE}"):
+        raise ValueError(f"resume={path}: not a complete checkpoint (no {COMMIT_FILE} there)")
+    with fs.open(f"{local}/{META_FILE}") as fh:
+        return json.loads(fh.read())
+
+
+def rng_state(backend) -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "device": backend.device_rng_state(),
+    }
+
+
+def set_rng_state(backend, state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("device") is not None:
+        backend.set_device_rng_state(state["device"])
+
+
+def tensor_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Dict:
+    """The tensors a checkpoint holds, keyed by stable names: the trained parameters and their
+    optimiser state (the live tensors, so a load writes into them in place)."""
+    state: Dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        state[f"model.{name}"] = param
+        for key, value in optimizer.state.get(param, {}).items():
+            if isinstance(value, torch.Tensor):
+                state[f"optim.{name}.{key}"] = value
+    return state
+
+
+def config_digest(config_yaml: str) -> str:
+    return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
+
+
+class Checkpointer:
+    """Saves and restores one stage's training state through the backend's DCP planners."""
+
+    def __init__(self, root: str, stage: str, backend, keep_last: int, config_yaml: str = ""):
+        self.stage_root = f"{root.rstrip('/')}/{stage}"
+        self.stage = stage
+        self.backend = backend
+        self.keep_last = keep_last
+        self.config_yaml = config_yaml
+
+    # -- save ---------------------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        sampler_state: dict,
+        meta: dict,
+    ) -> str:
+        """Write a complete checkpoint of ``step``; every process calls this."""
+        final = f"{self.stage_root}/{step_dir_name(step)}"
+        work = final if _is_remote(final) else final + ".partial"
+        fs, work_path = _fs(work)
+        if self.backend.is_main:
+            if fs.exists(work_path):
+                fs.rm(work_path, recursive=True)
+            fs.makedirs(work_path, exist_ok=True)
+        self.backend.barrier()
+        with torch.no_grad():
+            self.backend.dcp_save(tensor_state(model, optimizer), work)
+        rank_state = {"sampler": sampler_state, "rng": rng_state(self.backend)}
+        buffer = io.BytesIO()
+        torch.save(rank_state, buffer)
+        with fs.open(f"{work_path}/rank-{self.backend.rank:05d}.pt", "wb") as fh:
+            fh.write(buffer.getvalue())
+        self.backend.barrier()
+        if os.environ.get(CRASH_ENV) == str(step):
+            log.error("%s=%s: crashing inside the save (test hook)", CRASH_ENV, step)
+            os._exit(13)
+        if self.backend.is_main:
+            info = dict(
+                meta,
+                stage=self.stage,
+                step=step,
+                world_size=self.backend.world_size,
+                config_digest=config_digest(self.config_yaml),
+            )
+            with fs.open(f"{work_path}/{META_FILE}", "w") as fh:
+                fh.write(json.dumps(info, indent=2))
+            with fs.open(f"{work_path}/{COMMIT_FILE}", "w") as fh:
+                fh.write(f"{step}\n")
+            if work != final:
+                _, final_path = _fs(final)
+                if fs.exists(final_path):
+                    fs.rm(final_path, recursive=True)
+                fs.mv(work_path, final_path, recursive=True)
+            self._prune(fs)
+        self.backend.barrier()
+        log.info("stage %s: training state of step %d saved to %s", self.stage, step, final)
+        return final
+
+    def _prune(self, fs) -> None:
+        """Keep the newest ``keep_last`` committed checkpoints; drop stale partial ones."""
+        _, root = _fs(self.stage_root)
+        steps = committed_steps(self.stage_root)
+        for step in steps[: -self.keep_last]:
+            fs.rm(f"{root}/{step_dir_name(step)}", recursive=True)
+        for entry in fs.ls(root, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name.endswith(".partial") or (_STEP_DIR.match(name) and int(name[5:]) not in steps):
+                fs.rm(entry, recursive=True)
+
+    # -- load ---------------------------------------------------------------------------------
+    def restore(
+        self, path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    ) -> Restored:
+        """Load ``path`` into the live model and optimiser (in place; any device count)."""
+        fs, local = _fs(path)
+        meta = read_checkpoint_meta(path)
+        if meta.get("stage") != self.stage:
+            raise ValueError(
+                f"resume={path}: checkpoint of stage {meta.get('stage')!r}, not {self.stage!r}"
+            )
+        if meta.get("config_digest") != config_digest(self.config_yaml):
+            log.warning("resume: the config differs from the one %s was saved with", path)
+        self.backend.prime_optimizer(
+            optimizer, [p for g in optimizer.param_groups for p in g["params"]]
+        )
+        state = tensor_state(model, optimizer)
+        with torch.no_grad():
+            self.backend.dcp_load(state, path)
+        rank = self._rank_state(fs, local, meta)
+        set_rng_state(self.backend, rank.rng)
+        log.info("stage %s: resumed from %s (step %d)", self.stage, path, meta["step"])
+        return Restored(path, int(meta["step"]), meta, rank)
+
+    def _rank_state(self, fs, local: str, meta: dict) -> RankState:
+        saved_world = int(meta.get("world_size", 1))
+        rank = self.backend.rank
+        if saved_world != self.backend.world_size:
+            log.warning(
+                "resume: saved by %d process(es), resumed by %d: the data order restarts at the "
+                "saved epoch's position spread over the new processes",
+                saved_world,
+                self.backend.world_size,
+            )
+            states = [self._read_rank(fs, local, r) for r in range(saved_world)]
+            consumed = sum(s["sampler"].get("position", 0) for s in states)
+            sampler = dict(states[0]["sampler"])
+            sampler["position"] = consumed // self.backend.world_size
+            return RankState(sampler, states[min(rank, saved_world - 1)]["rng"])
+        state = self._read_rank(fs, local, rank)
+        return RankState(state["sampler"], state["rng"])
+
+    @staticmethod
+    def _read_rank(fs, local: str, rank: int) -> dict:
+        with fs.open(f"{local}/rank-{rank:05d}.pt", "rb") as fh:
+            return torch.load(io.BytesIO(fh.read()), weights_only=False)
