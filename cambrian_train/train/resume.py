@@ -8,6 +8,7 @@ local path or any fsspec URL such as ``gs://``)::
                                   optim.<param>.<key> (AdamW step / exp_avg / exp_avg_sq)
         rank-00000.pt ...         per process: sampler cursor and RNG states
         meta.json                 stage, step, planned steps, run counters, config digest
+        config.yaml               the run's resolved config
         COMMITTED                 written last: only directories holding it count
 
 Every process writes its shards (the backend chooses the planner: XLA SPMD planners on TPU,
@@ -183,6 +184,9 @@ class Checkpointer:
             )
             with fs.open(f"{work_path}/{META_FILE}", "w") as fh:
                 fh.write(json.dumps(info, indent=2))
+            if self.config_yaml:
+                with fs.open(f"{work_path}/config.yaml", "w") as fh:
+                    fh.write(self.config_yaml)
             with fs.open(f"{work_path}/{COMMIT_FILE}", "w") as fh:
                 fh.write(f"{step}\n")
             if work != final:

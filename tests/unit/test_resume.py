@@ -55,6 +55,7 @@ def test_save_restore_roundtrip_trained_params_and_optimizer(tmp_path, backend):
     path = ckpt.save(3, model, opt, {"epoch": 1, "position": 7}, {"total_steps": 9})
     assert (tmp_path / "pretrain" / "step-00000003" / COMMIT_FILE).is_file()
     assert read_checkpoint_meta(path)["step"] == 3
+    assert (tmp_path / "pretrain" / "step-00000003" / "config.yaml").read_text() == "a: 1"
 
     fresh, fresh_opt = _trained(1, 0)  # other init, no optimizer state yet
     frozen_before = fresh.frozen.weight.clone()
