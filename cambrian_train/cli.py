@@ -36,6 +36,16 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
         raise ConfigError(f"{key}: {message}" if key else message) from None
 
 
+def _compose_variant(overrides: list) -> TrainConfig:
+    """One variant's config, composed inside the running app like the command line's."""
+    from hydra import compose
+
+    variant = to_train_config(compose(config_name="train", overrides=overrides))
+    variant.variants, variant.only_variants = {}, []
+    validate(variant)
+    return variant
+
+
 def _main(cfg: DictConfig) -> None:
     from cambrian_train.run import run  # heavy imports only once the config is known good
     from cambrian_train.train.preempt import EXIT_RESUME, Preempted
@@ -44,7 +54,14 @@ def _main(cfg: DictConfig) -> None:
     try:
         train_cfg = to_train_config(cfg)
         validate(train_cfg)
-        run(train_cfg)
+        if train_cfg.variants:
+            from hydra.core.hydra_config import HydraConfig
+
+            from cambrian_train.repro import run_variants
+
+            run_variants(train_cfg, list(HydraConfig.get().overrides.task), _compose_variant)
+        else:
+            run(train_cfg)
     except TrainingDiverged as err:
         log.error("%s", err)
         sys.exit(3)

@@ -231,3 +231,6 @@ class TrainConfig:
     # null: start fresh | auto: the latest complete checkpoint of this output_dir, if any |
     # a step-checkpoint directory
     resume: Optional[str] = None
+    # name -> overrides: run each variant and compare them (repro.py; experiment=repro_small)
+    variants: Dict[str, List[str]] = field(default_factory=dict)
+    only_variants: List[str] = field(default_factory=list)  # run just these of ``variants``

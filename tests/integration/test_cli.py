@@ -88,3 +88,31 @@ def test_sva_connector_run(tiny_overrides, tmp_path):
     stage1 = load_file(str(tmp_path / "run" / "pretrain" / "checkpoint" / "connector.safetensors"))
     assert any(k.startswith("connector.vision_sampler_layers.1.") for k in stage1)
     assert finetune["init_digest"] == tensors_digest(stage1)
+
+
+def test_variants_train_evaluate_and_compare(tiny_overrides, tmp_path):
+    overrides = [
+        o
+        for o in tiny_overrides
+        if not o.startswith(("experiment=", "stages.pretrain.max", "stages.finetune.max"))
+    ]
+    proc = cli(
+        [
+            "experiment=repro_small",
+            *overrides,
+            "stages.pretrain.max_steps=2",
+            "stages.finetune.max_steps=2",
+            "only_variants=[mlp_clip,mlp_clip_no_stage1]",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    rows = json.loads((run / "comparison.json").read_text())
+    assert list(rows) == ["mlp_clip", "mlp_clip_no_stage1"]
+    assert rows["mlp_clip_no_stage1"]["stage 1"] == "no"
+    for name in rows:
+        results = json.loads((run / "eval" / name / "synthetic" / "results.json").read_text())
+        assert results["model"] == name and results["score"] == rows[name]["accuracy"]
+    assert not (run / "mlp_clip_no_stage1" / "pretrain").exists()
+    assert (run / "comparison.png").stat().st_size > 1000

@@ -1,0 +1,134 @@
+"""Several training variants from one command, evaluated alike and compared in one table.
+
+An experiment that sets ``variants`` (name → list of Hydra overrides, e.g.
+``experiment=repro_small``) makes ``cambrian-train`` compose one config per variant — the
+command line's overrides, then the variant's own, then ``output_dir=<output_dir>/<name>`` — and
+run each in turn exactly as a single run. Each variant's final checkpoint is then evaluated on
+``data.test_path`` through ``cambrian-eval``'s runner (benchmark ``synthetic``), and
+``<output_dir>/comparison.md`` / ``.json`` / ``.png`` compare them. A variant whose
+``results.json`` already lists every stage is not trained again (re-running the command after an
+interruption finishes the rest).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+from cambrian_train.config.schema import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def variant_overrides(base: Sequence[str], extra: Sequence[str], out: Path, name: str) -> List[str]:
+    """The overrides composing one variant: the command line's, the variant's, its own dir."""
+    kept = [o for o in base if o.split("=", 1)[0].lstrip("+~") not in ("output_dir", "name")]
+    return [*kept, *extra, f"output_dir={out / name}", f"name={name}"]
+
+
+def describe(cfg: TrainConfig) -> Dict[str, str]:
+    """What distinguishes a variant, read off its composed config."""
+    return {
+        "connector": cfg.model.connector.name,
+        "towers": " + ".join(cfg.model.towers),
+        "stage 1": "yes" if "pretrain" in cfg.run_stages else "no",
+    }
+
+
+def run_variants(
+    cfg: TrainConfig, base_overrides: Sequence[str], compose: Callable[[List[str]], TrainConfig]
+) -> Dict[str, dict]:
+    """Train and evaluate every variant of ``cfg``; returns name → row of the comparison."""
+    from cambrian_train.run import run
+
+    out = Path(cfg.output_dir).resolve()
+    unknown = sorted(set(cfg.only_variants) - set(cfg.variants))
+    if unknown:
+        raise ValueError(f"only_variants={unknown} are not among variants {sorted(cfg.variants)}")
+    names = [n for n in cfg.variants if not cfg.only_variants or n in cfg.only_variants]
+    if not cfg.data.test_path:
+        raise ValueError("variants are compared on data.test_path, which is not set")
+    rows: Dict[str, dict] = {}
+    for name in names:
+        variant = compose(variant_overrides(base_overrides, cfg.variants[name], out, name))
+        results_file = Path(variant.output_dir) / "results.json"
+        start = time.perf_counter()
+        if results_file.exists() and set(variant.run_stages) <= set(
+            json.loads(results_file.read_text())["stages"]
+        ):
+            log.info("variant %s: already trained (%s)", name, results_file)
+            results = json.loads(results_file.read_text())
+        else:
+            log.info("variant %s: %s", name, " ".join(cfg.variants[name]) or "(base config)")
+            results = run(variant)
+        train_s = time.perf_counter() - start
+        checkpoint = results["stages"][variant.run_stages[-1]]["checkpoint"]
+        scores = evaluate_checkpoint(checkpoint, variant, out / "eval", name)
+        rows[name] = {
+            **describe(variant),
+            "accuracy": scores["score"],
+            "by_type": dict(scores["metrics"].get("by_question_type", {})),
+            "train_minutes": round(train_s / 60, 1),
+            "checkpoint": checkpoint,
+        }
+    write_comparison(rows, out)
+    return rows
+
+
+def evaluate_checkpoint(checkpoint: str, cfg: TrainConfig, out: Path, name: str) -> dict:
+    """The ``synthetic`` benchmark on ``data.test_path`` through the cambrian-eval runner."""
+    from cambrian_train.eval.benchmarks import get_benchmark
+    from cambrian_train.eval.runner import Decoding, run_benchmark
+    from cambrian_train.infer.load import load_pretrained
+
+    model, tokenizer, encoder = load_pretrained(checkpoint)
+    return run_benchmark(
+        model,
+        tokenizer,
+        encoder,
+        get_benchmark("synthetic"),
+        cfg.data.test_path,
+        out / name,
+        model_id=name,
+        batch_size=cfg.eval.batch_size,
+        decoding=Decoding(max_new_tokens=cfg.eval.max_new_tokens),
+        limit=cfg.eval.max_samples,
+    )
+
+
+def comparison_markdown(rows: Dict[str, dict]) -> str:
+    types = sorted({t for row in rows.values() for t in row["by_type"]})
+    header = ["variant", "connector", "towers", "stage 1", "accuracy", *types, "train (min)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in rows.items():
+        cells = [name, row["connector"], row["towers"], row["stage 1"], f"{row['accuracy']:.1f}"]
+        cells += [f"{row['by_type'].get(t, float('nan')):.1f}" for t in types]
+        cells.append(f"{row['train_minutes']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(rows: Dict[str, dict], out: Path) -> None:
+    """``comparison.md`` (the table), ``comparison.json`` and ``comparison.png`` (bar chart)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = comparison_markdown(rows)
+    (out / "comparison.md").write_text(table)
+    (out / "comparison.json").write_text(json.dumps(rows, indent=2))
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.5))
+    names = list(rows)
+    bars = ax.bar(names, [rows[n]["accuracy"] for n in names], color="tab:blue")
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set_ylabel("synthetic test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    fig.savefig(out / "comparison.png", dpi=120)
+    plt.close(fig)
+    log.info("comparison (%s):\n%s", out / "comparison.md", table)
