@@ -44,7 +44,6 @@ from cambrian_train.models.convert import load_official, official_name
 from cambrian_train.models.llm import load_tokenizer
 from cambrian_train.models.vision.base import VisionTower
 from cambrian_train.models.vlm import VisionLanguageModel
-from cambrian_train.registry import CONNECTORS, LLMS, VISION_TOWERS
 from cambrian_train.train.checkpoint import CONNECTOR_FILE, connector_state, tensors_digest
 
 log = logging.getLogger(__name__)
@@ -260,21 +259,7 @@ def model_for_import(cfg: ModelConfig) -> VisionLanguageModel:
     """The model to load official weights into: towers from their own checkpoints; the LLM from
     its ``architecture`` fields when the config has them (its weights all come from the official
     checkpoint, nothing is downloaded), else from its checkpoint."""
-    if not cfg.llm.architecture:
-        return build_model(cfg, pretrained=True)
-    llm = LLMS.get(cfg.llm.source)(cfg.llm, pretrained=False)
-    towers = {
-        name: VISION_TOWERS.get(tower.source)(tower, dtype=cfg.llm.dtype, pretrained=True)
-        for name, tower in cfg.towers.items()
-    }
-    connector = CONNECTORS.get(cfg.connector.name)(
-        cfg.connector,
-        tower_sizes={name: t.hidden_size for name, t in towers.items()},
-        tower_tokens={name: t.num_tokens for name, t in towers.items()},
-        llm_hidden_size=llm.config.hidden_size,
-        image_token_len=cfg.image_token_len,
-    )
-    return VisionLanguageModel(cfg, towers, connector, llm)
+    return build_model(cfg, pretrained=True, pretrained_llm=not cfg.llm.architecture)
 
 
 def official_tokenizer(official_dir: Path, cfg: ModelConfig):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from cambrian_train.config.schema import ModelConfig
 from cambrian_train.models import llm as _llm  # noqa: F401  (fills LLMS)
 from cambrian_train.models.connectors import mlp as _mlp  # noqa: F401  (fills CONNECTORS)
@@ -13,13 +15,18 @@ from cambrian_train.models.vlm import VisionLanguageModel
 from cambrian_train.registry import CONNECTORS, LLMS, VISION_TOWERS
 
 
-def build_model(cfg: ModelConfig, pretrained: bool = True) -> VisionLanguageModel:
+def build_model(
+    cfg: ModelConfig, pretrained: bool = True, pretrained_llm: Optional[bool] = None
+) -> VisionLanguageModel:
     """Load the LLM and towers through ``from_pretrained`` and build a fresh connector.
 
     ``pretrained=False`` builds every part from the ``architecture`` fields of the configs
     instead (no checkpoint needed); call it under ``torch.device("meta")`` to allocate nothing.
+    ``pretrained_llm`` (default: ``pretrained``) decides for the LLM alone, e.g. when its weights
+    come from elsewhere (an official checkpoint being imported).
     """
-    llm = LLMS.get(cfg.llm.source)(cfg.llm, pretrained=pretrained)
+    llm_pretrained = pretrained if pretrained_llm is None else pretrained_llm
+    llm = LLMS.get(cfg.llm.source)(cfg.llm, pretrained=llm_pretrained)
     towers = {
         name: VISION_TOWERS.get(tower.source)(tower, dtype=cfg.llm.dtype, pretrained=pretrained)
         for name, tower in cfg.towers.items()
