@@ -20,6 +20,7 @@ place where the modalities can meet). 7M indices take about a second per epoch.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import logging
 from typing import Dict, Iterator, List, Optional
@@ -32,7 +33,7 @@ CHUNK = 1 << 16  # indices turned into Python ints at a time while iterating
 DATA_KEYS = ("kind", "size", "seed", "shuffle")  # a resumed state must match these
 
 
-class IndexSampler(torch.utils.data.Sampler):
+class IndexSampler(torch.utils.data.Sampler, abc.ABC):
     """Base: endless iteration over :meth:`epoch_array` from position ``start``."""
 
     kind = "base"
@@ -50,9 +51,9 @@ class IndexSampler(torch.utils.data.Sampler):
         self.start = start
         self._cached: Optional[tuple] = None  # (epoch, this rank's indices)
 
+    @abc.abstractmethod
     def _epoch_order(self, epoch: int) -> np.ndarray:
         """This rank's indices of ``epoch`` (int64)."""
-        raise NotImplementedError
 
     def epoch_array(self, epoch: int) -> np.ndarray:
         if self._cached is None or self._cached[0] != epoch:
@@ -63,9 +64,9 @@ class IndexSampler(torch.utils.data.Sampler):
         """This rank's indices of ``epoch`` as a list (small data sets and tests)."""
         return self.epoch_array(epoch).tolist()
 
+    @abc.abstractmethod
     def _epoch_size(self) -> int:
         """len(this rank's indices) of any epoch, without computing an order."""
-        raise NotImplementedError
 
     @property
     def epoch_size(self) -> int:
