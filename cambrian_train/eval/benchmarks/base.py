@@ -118,9 +118,12 @@ def mean_by(items: Sequence[EvalItem], values: Sequence[float], key: str) -> Dic
 
 
 def accuracy_results(
-    items: Sequence[EvalItem], predictions: Sequence[str], correct: Sequence[bool], *keys: str
+    items: Sequence[EvalItem], predictions: Sequence[str], correct: Sequence[float], *keys: str
 ) -> Dict[str, Any]:
-    """Headline accuracy (percent), count, unparsed, and accuracy per each ``meta`` key given."""
+    """Headline accuracy (percent), count, unparsed, and accuracy per each ``meta`` key given.
+
+    ``correct`` holds each item's credit in [0, 1]: a bool, or partial credit (VQA accuracy,
+    ANLS)."""
     results: Dict[str, Any] = {
         "score": percent(sum(correct), len(correct)),
         "count": len(correct),

@@ -18,10 +18,9 @@ from cambrian_train.eval.benchmarks.base import (
     Benchmark,
     EvalItem,
     PathLike,
+    accuracy_results,
     build_prompt,
     check_predictions,
-    count_unparsed,
-    percent,
 )
 from cambrian_train.eval.benchmarks.readers import read_rows, require, resolve_image
 from cambrian_train.eval.benchmarks.vqa_scores import vqa_accuracy
@@ -57,8 +56,4 @@ class TextVQA(Benchmark):
     def score(self, items: Sequence[EvalItem], predictions: Sequence[str]) -> Dict[str, Any]:
         check_predictions(self.name, items, predictions)
         accuracy = [vqa_accuracy(p, item.answer) for item, p in zip(items, predictions)]
-        return {
-            "score": percent(sum(accuracy), len(accuracy)),
-            "count": len(items),
-            "unparsed": count_unparsed(predictions),
-        }
+        return accuracy_results(items, predictions, accuracy)
