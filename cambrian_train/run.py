@@ -22,13 +22,12 @@ import torch
 from omegaconf import OmegaConf
 
 from cambrian_train.backends import build_backend
-from cambrian_train.config.schema import StageConfig, TrainConfig
-from cambrian_train.config.validate import resolve_batches, vision_slot_len
+from cambrian_train.config.schema import TrainConfig
+from cambrian_train.config.validate import resolve_batches
 from cambrian_train.data.collate import collate
-from cambrian_train.data.dataset import ImageTextEncoder, SupervisedDataset
+from cambrian_train.data.dataset import SupervisedDataset, stage_encoder
 from cambrian_train.data.loader import BatchStream, SkipStats
 from cambrian_train.data.sources import build_sampler, open_stage_records
-from cambrian_train.data.templates import check_against_tokenizer, get_template
 from cambrian_train.eval.vqa import baselines, evaluate_vqa, load_questions
 from cambrian_train.models import build_model
 from cambrian_train.models.llm import load_tokenizer
@@ -63,23 +62,6 @@ def prepare_data(cfg: TrainConfig) -> None:
         raise ValueError("data.synthetic is set but data.root (where to generate it) is not")
     paths = ensure_synthetic(Path(cfg.data.root), cfg.data.synthetic)
     log.info("synthetic data set at %s", paths.root)
-
-
-def make_encoder(cfg: TrainConfig, stage: StageConfig, tokenizer, model) -> ImageTextEncoder:
-    template = get_template(stage.template or cfg.model.llm.template, tokenizer)
-    if check_against_tokenizer(template, tokenizer):  # raises TemplateMismatch on a difference
-        log.info("template %s renders exactly as the tokenizer's chat template", template.name)
-    return ImageTextEncoder(
-        tokenizer=tokenizer,
-        template=template,
-        image_specs=model.image_specs(),
-        image_folder=cfg.data.image_folder,
-        slot_len=vision_slot_len(cfg.model.image_token_len, cfg.model.image_newline),
-        max_images=cfg.data.max_images,
-        max_length=stage.max_length,
-        aspect_ratio=cfg.data.image_aspect_ratio,
-        system_prompt=cfg.data.system_prompt,
-    )
 
 
 def config_yaml(cfg: TrainConfig) -> str:
@@ -121,7 +103,7 @@ def run_stage(
     model = backend.prepare_model(model)  # may replace parameters (sharding)
     groups = stage_param_groups(model, stage)
 
-    encoder = make_encoder(cfg, stage, tokenizer, model)
+    encoder = stage_encoder(cfg, stage, tokenizer, model.image_specs())
     records = open_stage_records(cfg.data, stage, cfg.seed)
     dataset = SupervisedDataset(records, encoder)
     skips = SkipStats(strict=cfg.data.strict)

@@ -34,14 +34,20 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from cambrian_train.config.schema import ModelConfig, StageConfig, TrainConfig
-from cambrian_train.data.dataset import ImageTextEncoder, Skipped, SupervisedDataset, record_images
+from cambrian_train.data.dataset import (
+    ImageTextEncoder,
+    Skipped,
+    SupervisedDataset,
+    record_images,
+    stage_encoder,
+)
 from cambrian_train.data.records import (
     RecordError,
     convert_file,
     open_records,
 )
 from cambrian_train.data.sources import open_stage_records, stage_data_path
-from cambrian_train.data.templates import IMAGE_TAG, get_template, parse_turns
+from cambrian_train.data.templates import IMAGE_TAG, parse_turns
 from cambrian_train.data.tokenize import IGNORE_INDEX, Encoded, append_segments
 from cambrian_train.models.vision.base import ImageSpec
 
@@ -132,21 +138,10 @@ def tower_image_specs(model: ModelConfig) -> Dict[str, ImageSpec]:
 def build_encoder(
     cfg: TrainConfig, stage: StageConfig, image_specs: Dict[str, ImageSpec], image_folder: str
 ) -> ImageTextEncoder:
-    """The training encoder of ``stage`` (as run.make_encoder builds it) without the model."""
-    from cambrian_train.config.validate import vision_slot_len
+    """The training encoder of ``stage`` without the model (only its tokenizer is loaded)."""
     from cambrian_train.models.llm import load_tokenizer
 
-    return ImageTextEncoder(
-        tokenizer=load_tokenizer(cfg.model.llm),
-        template=get_template(stage.template or cfg.model.llm.template),
-        image_specs=image_specs,
-        image_folder=image_folder,
-        slot_len=vision_slot_len(cfg.model.image_token_len, cfg.model.image_newline),
-        max_images=cfg.data.max_images,
-        max_length=stage.max_length,
-        aspect_ratio=cfg.data.image_aspect_ratio,
-        system_prompt=cfg.data.system_prompt,
-    )
+    return stage_encoder(cfg, stage, load_tokenizer(cfg.model.llm), image_specs, image_folder)
 
 
 def tokenize_unchecked(encoder: ImageTextEncoder, record: dict, record_id: str) -> Encoded:

@@ -7,6 +7,7 @@ one into an error.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -14,11 +15,21 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from PIL import UnidentifiedImageError
 
+from cambrian_train.config.validate import vision_slot_len
 from cambrian_train.data.images import content_box, load_image, tower_tensors
 from cambrian_train.data.records import RecordError
-from cambrian_train.data.templates import IMAGE_TAG, ChatTemplate, Turn, parse_turns
+from cambrian_train.data.templates import (
+    IMAGE_TAG,
+    ChatTemplate,
+    Turn,
+    check_against_tokenizer,
+    get_template,
+    parse_turns,
+)
 from cambrian_train.data.tokenize import Encoded, append_text, encode
 from cambrian_train.models.vision.base import ImageSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,6 +113,30 @@ class ImageTextEncoder:
         if len(out.input_ids) > self.max_length:
             raise RecordError("too_long", f"prompt of {len(out.input_ids)} tokens")
         return out
+
+
+def stage_encoder(
+    cfg, stage, tokenizer, image_specs: Dict[str, ImageSpec], image_folder: Optional[str] = None
+) -> ImageTextEncoder:
+    """The encoder a training stage uses (``cfg``: TrainConfig, ``stage``: StageConfig).
+
+    Its template is checked against the tokenizer's own chat template once, here: a
+    difference raises TemplateMismatch before any record is read.
+    """
+    template = get_template(stage.template or cfg.model.llm.template, tokenizer)
+    if check_against_tokenizer(template, tokenizer):
+        log.info("template %s renders exactly as the tokenizer's chat template", template.name)
+    return ImageTextEncoder(
+        tokenizer=tokenizer,
+        template=template,
+        image_specs=image_specs,
+        image_folder=cfg.data.image_folder if image_folder is None else image_folder,
+        slot_len=vision_slot_len(cfg.model.image_token_len, cfg.model.image_newline),
+        max_images=cfg.data.max_images,
+        max_length=stage.max_length,
+        aspect_ratio=cfg.data.image_aspect_ratio,
+        system_prompt=cfg.data.system_prompt,
+    )
 
 
 def record_images(record: dict) -> List[str]:

@@ -112,8 +112,9 @@ class IndexSampler(torch.utils.data.Sampler, abc.ABC):
         A state of another data order (kind, size, seed, shuffle) is a ValueError. A state of
         another layout (rank, world size, batch) or other lengths (records edited in place,
         another tokenizer) is taken with a warning: the position then lands at the same place
-        in the same epoch, but the indices around it differ from the saved run's (the resume
-        code passes the mean position of the saved ranks after a change of world size).
+        in the same epoch, but the indices around it differ from the saved run's (after a change
+        of world size the resume code passes the saved ranks' positions summed and shared out
+        over the new ranks).
         """
         position = state.get("position")
         if not isinstance(position, int) or position < 0:

@@ -10,12 +10,12 @@ import torch
 
 from cambrian_train.backends import build_backend
 from cambrian_train.data.collate import collate
-from cambrian_train.data.dataset import SupervisedDataset
+from cambrian_train.data.dataset import SupervisedDataset, stage_encoder
 from cambrian_train.data.loader import EpochSampler, SkipStats, batch_stream
 from cambrian_train.data.records import open_records
 from cambrian_train.models import build_model
 from cambrian_train.models.llm import load_tokenizer
-from cambrian_train.run import make_encoder, seed_everything
+from cambrian_train.run import seed_everything
 from cambrian_train.train.checkpoint import (
     connector_state,
     load_connector,
@@ -37,7 +37,7 @@ def setup(compose, tiny_overrides, tmp_path):
 
 
 def make_stream(cfg, stage, model, tokenizer):
-    enc = make_encoder(cfg, stage, tokenizer, model)
+    enc = stage_encoder(cfg, stage, tokenizer, model.image_specs())
     path = cfg.data.pretrain_path if stage.dataset == "pretrain" else cfg.data.train_path
     ds = SupervisedDataset(open_records(path), enc)
     fn = functools.partial(
@@ -170,7 +170,7 @@ def test_batched_generation_equals_one_by_one(setup):
 
     cfg, model, tokenizer = setup
     stage = cfg.stages["finetune"]
-    encoder = make_encoder(cfg, stage, tokenizer, model)
+    encoder = stage_encoder(cfg, stage, tokenizer, model.image_specs())
     questions = load_questions(cfg.data.test_path)[:6]
     torch.manual_seed(0)
     with torch.no_grad():  # make the random model answer something non-trivial
