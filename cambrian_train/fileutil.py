@@ -1,11 +1,13 @@
-"""File-system helpers shared by the generators of local assets (tiny checkpoints, data sets)."""
+"""File-system helpers: a lock for assets built once (tiny checkpoints, data sets, indexes) and
+atomic writes (a reader sees the old file or the new one, never half of one)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator, Union
 
 
 @contextlib.contextmanager
@@ -20,3 +22,25 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+SHARED_FILE_MODE = 0o644  # caches beside data stay readable by its other users
+
+
+def write_atomic(
+    path: Union[str, Path], write: Callable[[BinaryIO], None], mode: int = SHARED_FILE_MODE
+) -> None:
+    """``write(handle)`` into a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Union[str, Path], text: str, mode: int = SHARED_FILE_MODE) -> None:
+    write_atomic(path, lambda handle: handle.write(text.encode()), mode)

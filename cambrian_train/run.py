@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from cambrian_train.data.dataset import SupervisedDataset, stage_encoder
 from cambrian_train.data.loader import BatchStream, SkipStats
 from cambrian_train.data.sources import build_sampler, open_stage_records
 from cambrian_train.eval.vqa import baselines, evaluate_vqa, load_questions
+from cambrian_train.fileutil import write_text_atomic
 from cambrian_train.models import build_model
 from cambrian_train.models.llm import load_tokenizer
 from cambrian_train.train.checkpoint import load_connector, save_stage_checkpoint
@@ -207,12 +207,6 @@ def format_table(results: Dict) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def checkpoint_root(cfg: TrainConfig, out: Path) -> str:
     return cfg.checkpoint.dir or str(out / "checkpoints")
 
@@ -315,7 +309,7 @@ def run(cfg: TrainConfig) -> Dict:
                 )
                 results["stages"][name] = summary
                 if backend.is_main:
-                    write_atomic(out / "results.json", json.dumps(results, indent=2))
+                    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
                     run_logger.plot_losses()
             run_logger.summary(
                 {

@@ -21,19 +21,17 @@ import importlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, List, Optional, Tuple
 
 import numpy as np
 
-from cambrian_train.fileutil import file_lock
+from cambrian_train.fileutil import file_lock, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 SCAN_CHUNK_BYTES = 8 << 20
-SHARED_FILE_MODE = 0o644  # not the 0o600 of temporary files
 RANGE_BLOCK_BYTES = 64 << 10  # read-ahead of a remote record read (neighbours come with it)
 # protocols whose fsspec implementation lives in a separate package
 FS_PACKAGES = {
@@ -228,13 +226,8 @@ def _save(base: Path, offsets: np.ndarray, stamp: dict) -> bool:
     meta, data = _files(base)
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=base.parent, suffix=".npy", delete=False) as tmp:
-            np.save(tmp, offsets)
-        os.chmod(tmp.name, SHARED_FILE_MODE)  # readable by the other users of the data
-        os.replace(tmp.name, data)
-        meta_tmp = base.with_suffix(".idx.json.tmp")
-        meta_tmp.write_text(json.dumps(stamp))
-        os.replace(meta_tmp, meta)
+        write_atomic(data, lambda handle: np.save(handle, offsets))
+        write_text_atomic(meta, json.dumps(stamp))
         return True
     except OSError:
         return False

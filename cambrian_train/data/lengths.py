@@ -27,7 +27,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from cambrian_train.data.dataset import record_images
 from cambrian_train.data.jsonl_index import cache_key, cache_root, is_url, local_path, source_stamp
 from cambrian_train.data.records import RecordError
 from cambrian_train.data.templates import IMAGE_TAG, TemplateMismatch, parse_turns
-from cambrian_train.fileutil import file_lock
+from cambrian_train.fileutil import file_lock, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -310,12 +309,8 @@ def _save(base: Path, lengths: RecordLengths, stamp: dict) -> bool:
     """Write atomically (temporary names, then rename); False when the place is not writable."""
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=base.parent, suffix=".npy", delete=False) as tmp:
-            np.save(tmp, lengths.to_array())
-        os.replace(tmp.name, f"{base}.npy")
-        meta_tmp = Path(f"{base}.json.tmp")
-        meta_tmp.write_text(json.dumps(dict(stamp, num_records=len(lengths))))
-        os.replace(meta_tmp, f"{base}.json")
+        write_atomic(f"{base}.npy", lambda handle: np.save(handle, lengths.to_array()))
+        write_text_atomic(f"{base}.json", json.dumps(dict(stamp, num_records=len(lengths))))
         return True
     except OSError:
         return False

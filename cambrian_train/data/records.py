@@ -25,7 +25,6 @@ from typing import Any, BinaryIO, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from cambrian_train.data.jsonl_index import (
-    SHARED_FILE_MODE,
     cache_key,
     cache_root,
     is_url,
@@ -36,7 +35,7 @@ from cambrian_train.data.jsonl_index import (
     source_stamp,
     url_filesystem,
 )
-from cambrian_train.fileutil import file_lock
+from cambrian_train.fileutil import SHARED_FILE_MODE, file_lock
 
 log = logging.getLogger(__name__)
 READ_CHUNK_BYTES = 1 << 20

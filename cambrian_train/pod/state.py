@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from cambrian_train.fileutil import write_text_atomic
 from cambrian_train.pod.errors import UsageError
 from cambrian_train.pod.gcloud import CreateOptions
 from cambrian_train.pod.remote import SetupOptions
@@ -40,9 +41,7 @@ def record(name: str, section: str, options: CreateOptions | SetupOptions) -> Pa
     data[section] = asdict(options)
     path = state_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
 
 
