@@ -24,6 +24,15 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def is_url(path: str) -> bool:
+    """True for a remote fsspec URL (``gs://``, ``memory://``, …); ``file://`` is local."""
+    return "://" in path and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    return path.removeprefix("file://")
+
+
 SHARED_FILE_MODE = 0o644  # caches beside data stay readable by its other users
 
 

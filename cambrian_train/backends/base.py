@@ -17,6 +17,7 @@ from torch import nn
 from cambrian_train.batch import Batch
 from cambrian_train.config.schema import BackendConfig, MeshConfig
 from cambrian_train.config.validate import resolve_mesh
+from cambrian_train.fileutil import is_url, local_path
 
 
 class Backend(abc.ABC):
@@ -159,11 +160,11 @@ class Backend(abc.ABC):
 
 def dcp_storage(path: str, write: bool):
     """DCP storage for a local path or an fsspec URL (gs://...)."""
-    if "://" in path and not path.startswith("file://"):
+    if is_url(path):
         from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 
         return FsspecWriter(path) if write else FsspecReader(path)
-    path = path.removeprefix("file://")
+    path = local_path(path)
     return dcp.FileSystemWriter(path) if write else dcp.FileSystemReader(path)
 
 

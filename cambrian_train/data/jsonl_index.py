@@ -27,7 +27,13 @@ from typing import BinaryIO, List, Optional, Tuple
 
 import numpy as np
 
-from cambrian_train.fileutil import file_lock, write_atomic, write_text_atomic
+from cambrian_train.fileutil import (
+    file_lock,
+    is_url,
+    local_path,
+    write_atomic,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
@@ -57,15 +63,6 @@ VERSION_FIELDS = (
 )
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
-
-
-def is_url(path: str) -> bool:
-    """True for a remote fsspec URL (``gs://``, ``memory://``, …); ``file://`` is local."""
-    return "://" in path and not path.startswith("file://")
-
-
-def local_path(path: str) -> str:
-    return path[len("file://") :] if path.startswith("file://") else path
 
 
 def url_filesystem(url: str):

@@ -35,10 +35,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from cambrian_train.data.dataset import record_images
-from cambrian_train.data.jsonl_index import cache_key, cache_root, is_url, local_path, source_stamp
+from cambrian_train.data.jsonl_index import cache_key, cache_root, source_stamp
 from cambrian_train.data.records import RecordError
 from cambrian_train.data.templates import IMAGE_TAG, TemplateMismatch, parse_turns
-from cambrian_train.fileutil import file_lock, write_atomic, write_text_atomic
+from cambrian_train.fileutil import file_lock, is_url, local_path, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1

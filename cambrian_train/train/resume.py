@@ -34,6 +34,8 @@ import fsspec
 import numpy as np
 import torch
 
+from cambrian_train.fileutil import is_url
+
 log = logging.getLogger(__name__)
 
 COMMIT_FILE = "COMMITTED"
@@ -62,10 +64,6 @@ class Restored:
 def _fs(path: str):
     fs, root = fsspec.core.url_to_fs(path)
     return fs, root
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
 
 
 def step_dir_name(step: int) -> str:
@@ -156,7 +154,7 @@ class Checkpointer:
     ) -> str:
         """Write a complete checkpoint of ``step``; every process calls this."""
         final = f"{self.stage_root}/{step_dir_name(step)}"
-        work = final if _is_remote(final) else final + ".partial"
+        work = final if is_url(final) else final + ".partial"
         fs, work_path = _fs(work)
         if self.backend.is_main:
             if fs.exists(work_path):
