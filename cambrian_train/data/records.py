@@ -27,15 +27,13 @@ import numpy as np
 from cambrian_train.data.jsonl_index import (
     cache_key,
     cache_root,
-    is_url,
     load_index,
-    local_path,
     open_binary,
     open_range_reader,
     source_stamp,
     url_filesystem,
 )
-from cambrian_train.fileutil import SHARED_FILE_MODE, file_lock
+from cambrian_train.fileutil import SHARED_FILE_MODE, file_lock, is_url, local_path
 
 log = logging.getLogger(__name__)
 READ_CHUNK_BYTES = 1 << 20
