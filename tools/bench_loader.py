@@ -28,11 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from cambrian_train.data.cli import build_encoder, compose_train_config, tower_image_specs
+from cambrian_train.data.cli import compose_train_config
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import SupervisedDataset
 from cambrian_train.data.loader import EpochSampler, SkipStats, batch_stream
 from cambrian_train.data.records import open_records
+from cambrian_train.data.report import build_encoder, tower_image_specs
 
 SECOND_TOWER = "+model/vision_tower@model.towers.siglip=tiny_siglip"
 
