@@ -49,7 +49,7 @@ setup(
             "cambrian-chat=cambrian_train.infer.chat:main",
             "cambrian-export=cambrian_train.infer.export_cli:main",
             "cambrian-pod=cambrian_train.pod.cli:main",
-            "cambrian-tabulate=cambrian_train.eval.tables:main",
+            "cambrian-tabulate=cambrian_train.eval.table_output:main",
         ]
     },
 )

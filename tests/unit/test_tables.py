@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from cambrian_train.eval import tables
+from cambrian_train.eval import table_output, tables
 from cambrian_train.eval.paper_results import PAPER_ROWS, paper_row
 
 # Hand-picked scores on the paper's scale; MME-P and OCRBench chosen so that forgetting the /20 and
@@ -53,7 +53,7 @@ def write_result(root, model, bench, score, name=None):
 
 def run_cli(capsys, *argv):
     """main(argv) -> (exit status, stdout, stderr)."""
-    status = tables.main([str(a) for a in argv])
+    status = table_output.main([str(a) for a in argv])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Union
 
 IMAGE_TAG = "<image>"
-CATEGORIES = ("General", "Knowledge", "OCR & Chart", "Vision-Centric", "Other")
+PAPER_CATEGORIES = ("General", "Knowledge", "OCR & Chart", "Vision-Centric")  # averaged
+OTHER = "Other"  # extras (POPE, the synthetic set): never averaged
+CATEGORIES = (*PAPER_CATEGORIES, OTHER)
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 
