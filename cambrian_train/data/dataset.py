@@ -7,6 +7,7 @@ one into an error.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -68,21 +69,18 @@ class ImageTextEncoder:
     def placeholder_id(self) -> int:
         return self.tokenizer.pad_token_id
 
-    def load_images(self, paths: List[str]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    def load_images(
+        self, refs: Sequence[Union[str, bytes]]
+    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
         """Decode and preprocess → ({tower: [n, 3, S, S]}, boxes [n, 4]).
 
-        RecordError reasons: missing_image, bad_image.
+        A ref is a path (relative to ``image_folder``) or encoded image bytes (benchmarks that
+        embed their images). RecordError reasons: missing_image, bad_image.
         """
         per_tower: Dict[str, list] = {name: [] for name in self.image_specs}
         boxes = []
-        for rel in paths:
-            path = os.path.join(self.image_folder, rel)
-            if not os.path.isfile(path):
-                raise RecordError("missing_image", path)
-            try:
-                img = load_image(path)
-            except (UnidentifiedImageError, OSError, ValueError) as err:
-                raise RecordError("bad_image", f"{path}: {err}") from None
+        for ref in refs:
+            img = self._decode(ref)
             for name, tensor in tower_tensors(img, self.image_specs, self.aspect_ratio).items():
                 per_tower[name].append(tensor)
             boxes.append(content_box(img.width, img.height, self.aspect_ratio))
@@ -91,6 +89,18 @@ class ImageTextEncoder:
             for (name, ts), s in zip(per_tower.items(), self.image_specs.values())
         }
         return pixels, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+    def _decode(self, ref: Union[str, bytes]):
+        if isinstance(ref, (bytes, bytearray)):
+            source, where = io.BytesIO(ref), f"of {len(ref)} bytes"
+        else:
+            source = where = os.path.join(self.image_folder, ref)
+            if not os.path.isfile(source):
+                raise RecordError("missing_image", f"image {source} does not exist")
+        try:
+            return load_image(source)
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise RecordError("bad_image", f"image {where} cannot be decoded: {err}") from None
 
     def encode_turns(self, turns: List[Turn], record_id: str = "?") -> Encoded:
         """A training conversation with its labels."""

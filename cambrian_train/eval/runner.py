@@ -22,26 +22,21 @@ order: id, prompt, prediction, extracted, answer, and ``correct`` for items with
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
-from PIL import Image, UnidentifiedImageError
 
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import ImageTextEncoder, Sample
-from cambrian_train.data.images import content_box, load_image, tower_tensors
 from cambrian_train.data.records import RecordError
 from cambrian_train.data.templates import IMAGE_TAG
 from cambrian_train.data.tokenize import Encoded
 from cambrian_train.eval.benchmarks import Benchmark, EvalItem
-from cambrian_train.eval.benchmarks.base import ImageRef
 from cambrian_train.infer.chat import turn_end
 from cambrian_train.infer.generate import Sampler, generate
 
@@ -139,40 +134,15 @@ def shard_batches(num_batches: int, rank: int, world_size: int) -> List[int]:
     return list(range(rank, num_batches, world_size))
 
 
-def decode_image(ref: ImageRef, item_id: str) -> Image.Image:
-    """An item's image (a file path or encoded bytes) as RGB; ValueError naming the item."""
-    if isinstance(ref, (bytes, bytearray)):
-        source, where = io.BytesIO(ref), f"of {len(ref)} bytes"
-    else:
-        if not os.path.isfile(ref):
-            raise ValueError(f"item {item_id}: image {ref} does not exist")
-        source, where = ref, str(ref)
-    try:
-        return load_image(source)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ValueError(f"item {item_id}: image {where} cannot be decoded: {err}") from None
-
-
-def _stack(tensors: List[torch.Tensor], size: int) -> torch.Tensor:
-    """[3, S, S] tensors → [n, 3, S, S] (an empty [0, 3, S, S] for a text-only item)."""
-    return torch.stack(tensors) if tensors else torch.zeros(0, 3, size, size)
-
-
 def item_images(
     encoder: ImageTextEncoder, item: EvalItem
 ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
-    """→ ({tower: [n, 3, S, S]}, content boxes [n, 4]) for the item's images, as
-    ``ImageTextEncoder.load_images`` makes them from files (paths or bytes accepted here)."""
-    specs = encoder.image_specs
-    per_tower: Dict[str, list] = {name: [] for name in specs}
-    boxes = []
-    for ref in item.images:
-        img = decode_image(ref, item.id)
-        for name, tensor in tower_tensors(img, specs, encoder.aspect_ratio).items():
-            per_tower[name].append(tensor)
-        boxes.append(content_box(img.width, img.height, encoder.aspect_ratio))
-    pixels = {name: _stack(ts, specs[name].image_size) for name, ts in per_tower.items()}
-    return pixels, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    """→ ({tower: [n, 3, S, S]}, content boxes [n, 4]) for the item's images (paths or bytes);
+    ValueError naming the item when one is missing or cannot be decoded."""
+    try:
+        return encoder.load_images(item.images)
+    except RecordError as err:
+        raise ValueError(f"item {item.id}: {err.detail}") from None
 
 
 def make_batch(
