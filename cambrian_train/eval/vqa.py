@@ -14,10 +14,11 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from cambrian_train.data.collate import collate
-from cambrian_train.data.dataset import ImageTextEncoder, Sample
+from cambrian_train.data.dataset import ImageTextEncoder
 from cambrian_train.data.records import RecordError, open_records
 from cambrian_train.data.templates import IMAGE_TAG
+from cambrian_train.eval.benchmarks.base import EvalItem
+from cambrian_train.eval.runner import make_batch
 from cambrian_train.eval.text import normalize_answer
 from cambrian_train.infer.generate import generate
 
@@ -96,20 +97,11 @@ def evaluate_vqa(
     predictions = []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
-        samples = []
-        for q, enc in zip(chunk, prompts[start : start + batch_size]):
-            pixels, boxes = encoder.load_images([q.image])
-            samples.append(Sample(q.id, enc.input_ids, enc.labels, enc.image_starts, pixels, boxes))
-        batch = collate(
-            samples,
-            seq_len,
-            encoder.max_images,
-            encoder.slot_len,
-            encoder.tokenizer.pad_token_id,
-            encoder.image_specs,
-            left_pad=True,
-        ).to(device)
-        answers = generate(model, batch, encoder.tokenizer, max_new_tokens)
+        items = [EvalItem(q.id, [q.image], q.question, q.answer) for q in chunk]
+        batch = make_batch(
+            encoder, items, prompts[start : start + batch_size], seq_len, encoder.max_images
+        )
+        answers = generate(model, batch.to(device), encoder.tokenizer, max_new_tokens)
         for q, text in zip(chunk, answers):
             correct = normalize_answer(text) == normalize_answer(q.answer)
             predictions.append(
