@@ -55,23 +55,23 @@ def run_variants(
     for name in names:
         variant = compose(variant_overrides(base_overrides, cfg.variants[name], out, name))
         results_file = Path(variant.output_dir) / "results.json"
-        start = time.perf_counter()
-        if results_file.exists() and set(variant.run_stages) <= set(
-            json.loads(results_file.read_text())["stages"]
-        ):
+        earlier = json.loads(results_file.read_text()) if results_file.exists() else None
+        train_minutes = None  # not measured for a variant trained by an earlier command
+        if earlier and set(variant.run_stages) <= set(earlier["stages"]):
             log.info("variant %s: already trained (%s)", name, results_file)
-            results = json.loads(results_file.read_text())
+            results = earlier
         else:
             log.info("variant %s: %s", name, " ".join(cfg.variants[name]) or "(base config)")
+            start = time.perf_counter()
             results = run(variant)
-        train_s = time.perf_counter() - start
+            train_minutes = round((time.perf_counter() - start) / 60, 1)
         checkpoint = results["stages"][variant.run_stages[-1]]["checkpoint"]
         scores = evaluate_checkpoint(checkpoint, variant, out / "eval", name)
         rows[name] = {
             **describe(variant),
             "accuracy": scores["score"],
             "by_type": dict(scores["metrics"].get("by_question_type", {})),
-            "train_minutes": round(train_s / 60, 1),
+            "train_minutes": train_minutes,
             "checkpoint": checkpoint,
         }
     write_comparison(rows, out)
@@ -106,7 +106,8 @@ def comparison_markdown(rows: Dict[str, dict]) -> str:
     for name, row in rows.items():
         cells = [name, row["connector"], row["towers"], row["stage 1"], f"{row['accuracy']:.1f}"]
         cells += [f"{row['by_type'].get(t, float('nan')):.1f}" for t in types]
-        cells.append(f"{row['train_minutes']:.1f}")
+        minutes = row["train_minutes"]
+        cells.append("–" if minutes is None else f"{minutes:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

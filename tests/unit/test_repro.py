@@ -69,3 +69,17 @@ def test_unknown_only_variant_is_an_error(compose):
     cfg = compose(["experiment=repro_small", "only_variants=[nope]"])
     with pytest.raises(ValueError, match=r"only_variants=\['nope'\]"):
         run_variants(cfg, [], lambda overrides: cfg)
+
+
+def test_variant_trained_earlier_shows_no_time():
+    row = {
+        "connector": "mlp2x_gelu",
+        "towers": "clip",
+        "stage 1": "yes",
+        "accuracy": 50.0,
+        "by_type": {},
+        "train_minutes": None,
+    }
+    assert comparison_markdown({"a": row}).splitlines()[-1] == (
+        "| a | mlp2x_gelu | clip | yes | 50.0 | – |"
+    )
