@@ -174,6 +174,8 @@ def train_stage(
             n_tokens, n_samples, consumed_cursor = sizes.popleft()
             window_tokens += n_tokens
             window_samples += n_samples
+            tokens += n_tokens
+            samples += n_samples
             with backend.autocast():
                 loss = model(batch)
             (loss / stage.grad_accum_steps).backward()
@@ -223,8 +225,6 @@ def train_stage(
             if step + 1 - len(losses) == 0:
                 first_loss = losses[0]
             final_loss = losses[-1]
-            tokens += window_tokens
-            samples += window_samples
             window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
             lr = float(optimizer.param_groups[0]["lr"])
             bar.set_postfix(
@@ -243,10 +243,6 @@ def train_stage(
         if persistence is not None and not last:
             due = persistence.save_every and (step + 1) % persistence.save_every == 0
             if due or stopping:
-                if not is_log_step:  # the counters below must include this window
-                    tokens += window_tokens
-                    samples += window_samples
-                    window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
                 meta = {
                     "total_steps": total_steps,
                     "counters": {
