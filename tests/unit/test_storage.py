@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cambrian_train import storage
-from tests.fake_store import PROTOCOL, ROOT_ENV, Fault, FakeStore, register
+from tests.fake_store import PROTOCOL, ROOT_ENV, FakeStore, Fault, register
 
 
 @pytest.fixture
