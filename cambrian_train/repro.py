@@ -7,7 +7,7 @@ run each in turn exactly as a single run. Each variant's final checkpoint is the
 ``data.test_path`` through ``cambrian-eval``'s runner (benchmark ``synthetic``), and
 ``<output_dir>/comparison.md`` / ``.json`` / ``.png`` compare them. A variant whose
 ``results.json`` already lists every stage is not trained again (re-running the command after an
-interruption finishes the rest).
+interruption finishes the rest). ``output_dir`` may be an fsspec URL (storage.py).
 """
 
 from __future__ import annotations
@@ -16,17 +16,20 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Union
 
+from cambrian_train import storage
 from cambrian_train.config.schema import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
-def variant_overrides(base: Sequence[str], extra: Sequence[str], out: Path, name: str) -> List[str]:
+def variant_overrides(
+    base: Sequence[str], extra: Sequence[str], out: Union[str, Path], name: str
+) -> List[str]:
     """The overrides composing one variant: the command line's, the variant's, its own dir."""
     kept = [o for o in base if o.split("=", 1)[0].lstrip("+~") not in ("output_dir", "name")]
-    return [*kept, *extra, f"output_dir={out / name}", f"name={name}"]
+    return [*kept, *extra, f"output_dir={storage.join(out, name)}", f"name={name}"]
 
 
 def describe(cfg: TrainConfig) -> Dict[str, str]:
@@ -44,7 +47,7 @@ def run_variants(
     """Train and evaluate every variant of ``cfg``; returns name → row of the comparison."""
     from cambrian_train.run import run
 
-    out = Path(cfg.output_dir).resolve()
+    out = storage.absolute(cfg.output_dir)
     unknown = sorted(set(cfg.only_variants) - set(cfg.variants))
     if unknown:
         raise ValueError(f"only_variants={unknown} are not among variants {sorted(cfg.variants)}")
@@ -54,8 +57,10 @@ def run_variants(
     rows: Dict[str, dict] = {}
     for name in names:
         variant = compose(variant_overrides(base_overrides, cfg.variants[name], out, name))
-        results_file = Path(variant.output_dir) / "results.json"
-        earlier = json.loads(results_file.read_text()) if results_file.exists() else None
+        results_file = storage.join(variant.output_dir, "results.json")
+        earlier = (
+            json.loads(storage.read_text(results_file)) if storage.exists(results_file) else None
+        )
         train_minutes = None  # not measured for a variant trained by an earlier command
         if earlier and set(variant.run_stages) <= set(earlier["stages"]):
             log.info("variant %s: already trained (%s)", name, results_file)
@@ -66,7 +71,7 @@ def run_variants(
             results = run(variant)
             train_minutes = round((time.perf_counter() - start) / 60, 1)
         checkpoint = results["stages"][variant.run_stages[-1]]["checkpoint"]
-        scores = evaluate_checkpoint(checkpoint, variant, out / "eval", name)
+        scores = evaluate_checkpoint(checkpoint, variant, storage.join(out, "eval"), name)
         rows[name] = {
             **describe(variant),
             "accuracy": scores["score"],
@@ -78,7 +83,7 @@ def run_variants(
     return rows
 
 
-def evaluate_checkpoint(checkpoint: str, cfg: TrainConfig, out: Path, name: str) -> dict:
+def evaluate_checkpoint(checkpoint: str, cfg: TrainConfig, out: str, name: str) -> dict:
     """The ``synthetic`` benchmark on ``data.test_path`` through the cambrian-eval runner."""
     from cambrian_train.eval.benchmarks import get_benchmark
     from cambrian_train.eval.runner import Decoding, run_benchmark
@@ -91,7 +96,7 @@ def evaluate_checkpoint(checkpoint: str, cfg: TrainConfig, out: Path, name: str)
         encoder,
         get_benchmark("synthetic"),
         cfg.data.test_path,
-        out / name,
+        storage.join(out, name),
         model_id=name,
         batch_size=cfg.eval.batch_size,
         decoding=Decoding(max_new_tokens=cfg.eval.max_new_tokens),
@@ -112,16 +117,17 @@ def comparison_markdown(rows: Dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(rows: Dict[str, dict], out: Path) -> None:
-    """``comparison.md`` (the table), ``comparison.json`` and ``comparison.png`` (bar chart)."""
+def write_comparison(rows: Dict[str, dict], out: Union[str, Path]) -> None:
+    """``comparison.md`` (the table), ``comparison.json`` and ``comparison.png`` (bar chart;
+    drawn in ``out``'s local mirror and uploaded when ``out`` is a URL)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     table = comparison_markdown(rows)
-    (out / "comparison.md").write_text(table)
-    (out / "comparison.json").write_text(json.dumps(rows, indent=2))
+    storage.write_text(storage.join(out, "comparison.md"), table)
+    storage.write_text(storage.join(out, "comparison.json"), json.dumps(rows, indent=2))
     fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.5))
     names = list(rows)
     bars = ax.bar(names, [rows[n]["accuracy"] for n in names], color="tab:blue")
@@ -130,6 +136,10 @@ def write_comparison(rows: Dict[str, dict], out: Path) -> None:
     ax.set_ylim(0, 100)
     ax.tick_params(axis="x", labelrotation=20)
     fig.tight_layout()
-    fig.savefig(out / "comparison.png", dpi=120)
+    local = Path(storage.local_mirror(out), "comparison.png")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(local, dpi=120)
     plt.close(fig)
-    log.info("comparison (%s):\n%s", out / "comparison.md", table)
+    if storage.is_url(str(out)):
+        storage.upload(local, storage.join(out, "comparison.png"))
+    log.info("comparison (%s):\n%s", storage.join(out, "comparison.md"), table)

@@ -3,7 +3,9 @@
 Called by ``cli.main`` with a validated :class:`TrainConfig`. Each stage builds the model fresh
 through ``from_pretrained`` and, when it follows another stage (or sets ``init_from``), loads the
 connector from that checkpoint, so a stage run alone behaves exactly like one run in sequence.
-Writes ``results.json`` and logs the evaluation table.
+Writes ``results.json`` and logs the evaluation table. ``output_dir``, ``init_from`` and
+``resume`` may be local paths or fsspec URLs: every file goes through storage.py, and only the
+main process writes shared files.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from cambrian_train import storage
 from cambrian_train.backends import build_backend
 from cambrian_train.config.schema import TrainConfig
 from cambrian_train.config.validate import resolve_batches
@@ -28,7 +31,6 @@ from cambrian_train.data.dataset import SupervisedDataset, stage_encoder
 from cambrian_train.data.loader import BatchStream, SkipStats
 from cambrian_train.data.sources import build_sampler, open_stage_records
 from cambrian_train.eval.vqa import baselines, evaluate_vqa, load_questions
-from cambrian_train.fileutil import write_text_atomic
 from cambrian_train.models import build_model
 from cambrian_train.models.llm import load_tokenizer
 from cambrian_train.train.checkpoint import load_connector, save_stage_checkpoint
@@ -44,6 +46,7 @@ from cambrian_train.train.trainer import (
 )
 
 log = logging.getLogger(__name__)
+RESULTS_FILE = "results.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -69,7 +72,7 @@ def config_yaml(cfg: TrainConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def save_checkpoint(backend, model, path: Path, state: dict, cfg: TrainConfig) -> None:
+def save_checkpoint(backend, model, path: str, state: dict, cfg: TrainConfig) -> None:
     """Gather the full state (every process takes part) and write it from the main one."""
     full = backend.full_state_dict(model)
     if backend.is_main:
@@ -85,7 +88,7 @@ def run_stage(
     tokenizer,
     run_logger,
     init_from: Optional[str],
-    out: Path,
+    out: str,
     persistence: Optional[Persistence] = None,
 ):
     """Train one stage; returns (results dict, checkpoint dir, model)."""
@@ -149,13 +152,13 @@ def run_stage(
             persistence,
         )
     except TrainingDiverged as err:
-        path = out / stage.name / "checkpoint-last-good"
+        path = storage.join(out, stage.name, "checkpoint-last-good")
         save_checkpoint(backend, model, path, {"stage": stage.name, "diverged": str(err)}, cfg)
         raise TrainingDiverged(f"{err}; last good state saved to {path}") from None
     finally:
         for stream in streams:
             stream.close()
-    ckpt = out / stage.name / "checkpoint"
+    ckpt = storage.join(out, stage.name, "checkpoint")
     info = {"stage": stage.name, "steps": steps, "init_from": init_from}
     save_checkpoint(backend, model, ckpt, dict(info, init_digest=init_digest), cfg)
     log.info("stage %s: checkpoint at %s", stage.name, ckpt)
@@ -167,7 +170,7 @@ def run_stage(
     )
     summary = {
         **asdict(result),
-        "checkpoint": str(ckpt),
+        "checkpoint": ckpt,
         "init_from": init_from,
         "init_digest": init_digest,
         "skipped": skips.summary(),
@@ -184,8 +187,9 @@ def run_stage(
                 cfg.eval.max_new_tokens,
             )
         if backend.is_main:
-            (out / stage.name / "predictions.jsonl").write_text(
-                "".join(json.dumps(p) + "\n" for p in scores["predictions"])
+            storage.write_text(
+                storage.join(out, stage.name, "predictions.jsonl"),
+                "".join(json.dumps(p) + "\n" for p in scores["predictions"]),
             )
         summary["eval"] = {"accuracy": scores["accuracy"], "count": scores["count"]}
         log.info(
@@ -207,8 +211,8 @@ def format_table(results: Dict) -> str:
     return "\n".join(lines)
 
 
-def checkpoint_root(cfg: TrainConfig, out: Path) -> str:
-    return cfg.checkpoint.dir or str(out / "checkpoints")
+def checkpoint_root(cfg: TrainConfig, out: str) -> str:
+    return cfg.checkpoint.dir or storage.join(out, "checkpoints")
 
 
 @dataclass
@@ -217,18 +221,22 @@ class ResumePlan:
     restore: Dict[str, str] = field(default_factory=dict)  # stage -> step checkpoint
 
 
-def plan_resume(cfg: TrainConfig, out: Path) -> ResumePlan:
+def plan_resume(cfg: TrainConfig, out: str) -> ResumePlan:
     """What ``resume`` means for this output_dir: finished stages and where the next restarts."""
     plan = ResumePlan()
     if cfg.resume is None:
         return plan
-    results_file = out / "results.json"
-    finished = json.loads(results_file.read_text())["stages"] if results_file.exists() else {}
+    results_file = storage.join(out, RESULTS_FILE)
+    finished = (
+        json.loads(storage.read_text(results_file))["stages"]
+        if storage.exists(results_file)
+        else {}
+    )
     pending = [name for name in cfg.run_stages if name not in finished]
     plan.done = {name: finished[name] for name in cfg.run_stages if name in finished}
     if cfg.resume == "auto":
         for name in pending[:1]:
-            latest = latest_checkpoint(f"{checkpoint_root(cfg, out).rstrip('/')}/{name}")
+            latest = latest_checkpoint(storage.join(checkpoint_root(cfg, out), name))
             if latest:
                 plan.restore[name] = latest
         log.info(
@@ -258,17 +266,18 @@ def plan_resume(cfg: TrainConfig, out: Path) -> ResumePlan:
 
 
 def run(cfg: TrainConfig) -> Dict:
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    log.info("output_dir: %s", out)
+    out = storage.absolute(cfg.output_dir)
     backend = build_backend(cfg.backend, cfg.mesh)
     backend.setup()
     if not backend.is_main:  # one voice per run: other processes report only problems
         logging.getLogger("cambrian_train").setLevel(logging.WARNING)
+    log.info("output_dir: %s", out)
     cfg = resolve_batches(cfg, backend.mesh)
     prepare_data(cfg)
     if backend.is_main:
-        (out / "config.yaml").write_text(config_yaml(cfg))
+        storage.makedirs(out)
+        storage.write_text(storage.join(out, "config.yaml"), config_yaml(cfg))
+    backend.barrier()
     tokenizer = load_tokenizer(cfg.model.llm)
     run_logger = RunLogger(
         cfg.logger,
@@ -277,21 +286,21 @@ def run(cfg: TrainConfig) -> Dict:
         OmegaConf.to_container(OmegaConf.structured(cfg)),
         backend.is_main,
     )
-    results: Dict = {"name": cfg.name, "output_dir": str(out), "stages": {}}
+    results: Dict = {"name": cfg.name, "output_dir": out, "stages": {}}
     if cfg.data.test_path and any(cfg.stages[s].eval_after for s in cfg.run_stages):
         results["baselines"] = baselines(load_questions(cfg.data.test_path)[: cfg.eval.max_samples])
     plan = plan_resume(cfg, out)
-    previous: Optional[Path] = None
+    previous: Optional[str] = None
     try:
         with StopSignal() as stop:
             for name in cfg.run_stages:
                 stage = cfg.stages[name]
                 if name in plan.done:
                     results["stages"][name] = plan.done[name]
-                    previous = Path(plan.done[name]["checkpoint"])
+                    previous = plan.done[name]["checkpoint"]
                     log.info("stage %s: already complete in %s (resume)", name, out)
                     continue
-                init_from = stage.init_from or (str(previous) if previous else None)
+                init_from = stage.init_from or previous
                 persistence = Persistence(
                     Checkpointer(
                         checkpoint_root(cfg, out),
@@ -309,7 +318,9 @@ def run(cfg: TrainConfig) -> Dict:
                 )
                 results["stages"][name] = summary
                 if backend.is_main:
-                    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+                    storage.write_text(
+                        storage.join(out, RESULTS_FILE), json.dumps(results, indent=2)
+                    )
                     run_logger.plot_losses()
             run_logger.summary(
                 {
@@ -322,5 +333,5 @@ def run(cfg: TrainConfig) -> Dict:
         run_logger.close()
         backend.shutdown()
     if backend.is_main:
-        log.info("results (%s):\n%s", out / "results.json", format_table(results))
+        log.info("results (%s):\n%s", storage.join(out, RESULTS_FILE), format_table(results))
     return results

@@ -12,12 +12,13 @@ numpy, so memory stays bounded whatever the file size.
 :func:`open_range_reader` gives the per-process byte-range reader behind ``JsonlRecords``:
 ``os.pread`` on a local file, ``seek`` + ``read`` on an fsspec file for a URL. A URL whose
 filesystem package is not installed (``gs://`` without ``gcsfs``) is a ValueError naming it.
+Reads of a URL (its info, opens, the index scan, record reads) are retried on transient errors
+with backoff a bounded number of times, then fail naming the URL (``storage.retry``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -34,21 +35,12 @@ from cambrian_train.fileutil import (
     write_atomic,
     write_text_atomic,
 )
+from cambrian_train.storage import filesystem, retry
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 SCAN_CHUNK_BYTES = 8 << 20
 RANGE_BLOCK_BYTES = 64 << 10  # read-ahead of a remote record read (neighbours come with it)
-# protocols whose fsspec implementation lives in a separate package
-FS_PACKAGES = {
-    "gs": "gcsfs",
-    "gcs": "gcsfs",
-    "s3": "s3fs",
-    "s3a": "s3fs",
-    "az": "adlfs",
-    "abfs": "adlfs",
-    "abfss": "adlfs",
-}
 # fields of fsspec's ``info()`` that change when an object is rewritten (first ones are exact)
 VERSION_FIELDS = (
     "generation",
@@ -63,26 +55,6 @@ VERSION_FIELDS = (
 )
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
-
-
-def url_filesystem(url: str):
-    """``url`` → (fsspec filesystem, path inside it); ValueError when its package is missing."""
-    import fsspec
-
-    protocol = url.split("://", 1)[0]
-    package = FS_PACKAGES.get(protocol)
-    if package is not None:
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            raise ValueError(
-                f"{url}: reading {protocol}:// paths needs the '{package}' package "
-                f"(pip install {package})"
-            ) from None
-    try:
-        return fsspec.core.url_to_fs(url)
-    except ImportError as err:
-        raise ValueError(f"{url}: no filesystem for {protocol}:// ({err})") from None
 
 
 def cache_root() -> Path:
@@ -107,9 +79,9 @@ def source_stamp(path: str) -> dict:
         except FileNotFoundError:
             raise ValueError(f"data file {path} does not exist") from None
         return {"version": FORMAT_VERSION, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    fs, fs_path = url_filesystem(path)
+    fs, fs_path = filesystem(path)
     try:
-        info = fs.info(fs_path)
+        info = retry(lambda: fs.info(fs_path), "read the size and version of", path)
     except FileNotFoundError:
         raise ValueError(f"data file {path} does not exist") from None
     identity = {key: str(info[key]) for key in VERSION_FIELDS if info.get(key) is not None}
@@ -122,8 +94,12 @@ def open_binary(path: str, block_size: int = SCAN_CHUNK_BYTES) -> BinaryIO:
     """A sequential binary reader of a local path or URL."""
     if not is_url(path):
         return open(local_path(path), "rb")
-    fs, fs_path = url_filesystem(path)
-    return fs.open(fs_path, "rb", block_size=block_size, cache_type="readahead")
+    fs, fs_path = filesystem(path)
+    return retry(
+        lambda: fs.open(fs_path, "rb", block_size=block_size, cache_type="readahead"),
+        "open",
+        path,
+    )
 
 
 class _LocalRangeReader:
@@ -139,11 +115,22 @@ class _LocalRangeReader:
 
 class _RemoteRangeReader:
     def __init__(self, url: str):
+        self._url = url
         self._fh = open_binary(url, block_size=RANGE_BLOCK_BYTES)
 
     def read(self, start: int, length: int) -> bytes:
-        self._fh.seek(start)
-        return self._fh.read(length)
+        return retry(
+            lambda: self._read(start, length), f"read bytes {start}+{length} of", self._url
+        )
+
+    def _read(self, start: int, length: int) -> bytes:
+        try:
+            self._fh.seek(start)
+            return self._fh.read(length)
+        except OSError:
+            self._fh.close()  # its buffer may be half filled: the next attempt opens afresh
+            self._fh = open_binary(self._url, block_size=RANGE_BLOCK_BYTES)
+            raise
 
     def close(self) -> None:
         self._fh.close()
@@ -231,8 +218,11 @@ def _save(base: Path, offsets: np.ndarray, stamp: dict) -> bool:
 
 
 def _scan(path: str) -> np.ndarray:
-    with open_binary(path) as stream:
-        return scan_offsets(stream)
+    def scan() -> np.ndarray:
+        with open_binary(path) as stream:
+            return scan_offsets(stream)
+
+    return retry(scan, "index", path)
 
 
 def load_index(path: str) -> JsonlIndex:

@@ -31,9 +31,9 @@ from cambrian_train.data.jsonl_index import (
     open_binary,
     open_range_reader,
     source_stamp,
-    url_filesystem,
 )
 from cambrian_train.fileutil import SHARED_FILE_MODE, file_lock, is_url, local_path
+from cambrian_train.storage import StorageError, filesystem, retry
 
 log = logging.getLogger(__name__)
 READ_CHUNK_BYTES = 1 << 20
@@ -241,12 +241,12 @@ def write_json_list(records: Iterable[Any], out: BinaryIO) -> int:
 def atomic_output(path: str) -> Iterator[BinaryIO]:
     """A binary writer whose content appears at ``path`` only when the block succeeds."""
     if is_url(path):
-        fs, fs_path = url_filesystem(path)
+        fs, fs_path = filesystem(path)
         tmp = f"{fs_path}.tmp-{uuid.uuid4().hex}"
         try:
             with fs.open(tmp, "wb") as out:
                 yield out
-            fs.mv(tmp, fs_path)
+            retry(lambda: fs.mv(tmp, fs_path), "move into place", path)
         finally:
             if fs.exists(tmp):
                 fs.rm(tmp)
@@ -303,6 +303,8 @@ def cached_jsonl(path: str) -> str:
                 with atomic_output(str(meta)) as out:
                     out.write(json.dumps(stamp).encode())
                 log.info("converted JSON list %s: %d records -> %s", path, count, target)
+    except StorageError:  # reading the source failed: not a cache problem
+        raise
     except OSError as err:
         raise ValueError(
             f"{path}: cannot write its JSONL copy under {cache_root()} ({err}); set "

@@ -13,7 +13,8 @@ are the registry's (``cambrian_train.eval.benchmarks``; ``synthetic`` is the dem
 ``data/synthetic-0/test.jsonl``). Each benchmark writes ``OUT/<name>/predictions.jsonl`` and
 ``OUT/<name>/results.json`` (``eval/runner.py``); OUT defaults to ``eval_results/<model name>``,
 and the model name (results' ``model``) to the export directory's name, or ``<run>-<stage>`` for
-``<run>/<stage>/checkpoint``.
+``<run>/<stage>/checkpoint``. ``--model``, ``--suite`` and ``--out`` may be fsspec URLs
+(``gs://...``; storage.py).
 
 Data parallel: ``torchrun --nproc_per_node N -m cambrian_train.eval.cli ...`` (or
 ``python -m torch.distributed.run``) splits the batches over the processes (gloo on CPU, nccl
@@ -34,12 +35,13 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 import yaml
+
+from cambrian_train import storage
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +91,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def read_suite(path: str) -> List[Tuple[str, str]]:
     """A suite YAML (``name: data path``) → (name, path) pairs, relative paths from its folder."""
-    suite = Path(path)
-    if not suite.is_file():
+    if not storage.isfile(path):
         raise ValueError(f"suite file {path} does not exist")
     try:
-        entries = yaml.safe_load(suite.read_text())
+        entries = yaml.safe_load(storage.read_text(path))
     except yaml.YAMLError as err:
         raise ValueError(f"suite file {path}: not valid YAML: {err}") from None
     if not isinstance(entries, dict) or not entries:
@@ -102,7 +103,8 @@ def read_suite(path: str) -> List[Tuple[str, str]]:
     for name, data in entries.items():
         if not isinstance(data, str) or not data:
             raise ValueError(f"suite file {path}: {name!r} -> {data!r} is not a data path")
-        pairs.append((str(name), str(suite.parent / data)))
+        where = data if storage.is_url(data) else storage.join(storage.parent(path), data)
+        pairs.append((str(name), where))
     return pairs
 
 
@@ -125,7 +127,7 @@ def benchmark_pairs(args: argparse.Namespace) -> List[Tuple[str, str]]:
         if name in seen:
             raise ValueError(f"benchmark {name!r} is given twice")
         seen.add(name)
-        if not Path(data).exists():
+        if not storage.exists(data):
             raise ValueError(f"{name}: data path {data} does not exist")
     return pairs
 
@@ -144,14 +146,15 @@ def default_model_name(path: str) -> str:
     """The export directory's name, or ``<run>-<stage>`` of a run checkpoint."""
     from cambrian_train.infer.load import checkpoint_dir, is_export
 
-    if not Path(path).is_dir():
+    if not storage.isdir(path):
         raise ValueError(f"model path {path} is not a directory")
     if is_export(path):
-        return Path(path).resolve().name
-    ckpt = checkpoint_dir(path).resolve()
-    if ckpt.name == "checkpoint":
-        return f"{ckpt.parent.parent.name}-{ckpt.parent.name}"
-    return ckpt.name
+        return storage.basename(storage.absolute(path))
+    ckpt = storage.absolute(checkpoint_dir(path))
+    if storage.basename(ckpt) == "checkpoint":
+        stage_dir = storage.parent(ckpt)
+        return f"{storage.basename(storage.parent(stage_dir))}-{storage.basename(stage_dir)}"
+    return storage.basename(ckpt)
 
 
 def start_process(device: str) -> Process:
@@ -182,7 +185,7 @@ def run(args: argparse.Namespace, process: Process) -> List[str]:
         args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, tuple(args.stop)
     )
     model_id = args.model_name or default_model_name(args.model)
-    out = Path(args.out or Path(DEFAULT_OUT) / model_id)
+    out = args.out or storage.join(DEFAULT_OUT, model_id)
     model, tokenizer, encoder = load_pretrained(args.model, process.device)
     if args.max_length is not None:
         encoder = dataclasses.replace(encoder, max_length=args.max_length)
@@ -205,7 +208,7 @@ def run(args: argparse.Namespace, process: Process) -> List[str]:
         )
         lines.append(
             f"{name}: score {results['score']:.2f} over {results['count']} items "
-            f"({results['metrics'].get('unparsed', 0)} unparsed) -> {out / name}"
+            f"({results['metrics'].get('unparsed', 0)} unparsed) -> {storage.join(out, name)}"
         )
     return lines
 

@@ -17,7 +17,7 @@ files, which are byte-identical to a one-process run's.
 
 Files (:func:`run_benchmark`): ``OUT/<benchmark>/predictions.jsonl`` (one line per item, in item
 order: id, prompt, prediction, extracted, answer, and ``correct`` for items with options) and
-``OUT/<benchmark>/results.json`` (:func:`results_record`).
+``OUT/<benchmark>/results.json`` (:func:`results_record`); OUT may be an fsspec URL (storage.py).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.distributed as dist
 
+from cambrian_train import storage
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import ImageTextEncoder, Sample
 from cambrian_train.data.records import RecordError
@@ -87,7 +88,7 @@ def load_items(
     benchmark: Benchmark, data: Union[str, Path], limit: Optional[int] = None
 ) -> List[EvalItem]:
     """The benchmark's items read from ``data`` (its first ``limit`` items when given)."""
-    if not Path(data).exists():
+    if not storage.exists(data):
         raise ValueError(f"{benchmark.name}: data path {data} does not exist")
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit} must be >= 1")
@@ -335,15 +336,14 @@ def results_record(
 
 
 def write_outputs(
-    out_dir: Path, records: Sequence[Dict[str, Any]], results: Dict[str, Any]
-) -> Tuple[Path, Path]:
-    """Write ``predictions.jsonl`` and ``results.json`` into ``out_dir`` (created)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    predictions = out_dir / PREDICTIONS_FILE
+    out_dir: Union[str, Path], records: Sequence[Dict[str, Any]], results: Dict[str, Any]
+) -> Tuple[str, str]:
+    """Write ``predictions.jsonl`` and ``results.json`` into ``out_dir`` (local or URL)."""
+    predictions = storage.join(out_dir, PREDICTIONS_FILE)
     lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    predictions.write_text("".join(lines), encoding="utf-8")
-    results_path = out_dir / RESULTS_FILE
-    results_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    storage.write_text(predictions, "".join(lines))
+    results_path = storage.join(out_dir, RESULTS_FILE)
+    storage.write_text(results_path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return predictions, results_path
 
 
@@ -395,5 +395,5 @@ def run_benchmark(
         static_shapes=static_shapes,
     )
     if rank == 0:
-        write_outputs(Path(out) / benchmark.name, records, results)
+        write_outputs(storage.join(out, benchmark.name), records, results)
     return results

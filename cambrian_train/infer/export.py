@@ -11,6 +11,10 @@ it in one call.
 A connector-only export is ``connector.safetensors`` + ``connector.json`` (what it fits: connector
 config, image tokens, towers, LLM width); its directory or file is a valid
 ``stages.finetune.init_from``. The CLI is infer/export_cli.py (``cambrian-export``).
+
+Inputs and outputs may be fsspec URLs (storage.py). An export is built in a staging directory
+(``<out>.tmp`` beside a local ``out``, a local temporary directory for a URL) and then published:
+renamed into place, or uploaded with its ``cambrian.yaml`` / ``connector.json`` last.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Union
@@ -29,6 +33,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cambrian_train import storage
 from cambrian_train.config.schema import ModelConfig, TrainConfig, VisionTowerConfig
 from cambrian_train.infer.load import (
     EXPORT_CONFIG,
@@ -119,22 +124,28 @@ TOWER_WRITERS: Dict[str, Callable[[VisionTower, VisionTowerConfig, Path], str]] 
 # ---- export directories ------------------------------------------------------------------------
 
 
-def _staging_dir(out_dir: Path, overwrite: bool) -> Path:
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+def _staging_dir(out_dir: str, overwrite: bool) -> Path:
+    """A fresh local directory to build ``out_dir``'s content in."""
+    if storage.ls(out_dir) and not overwrite:
         raise ValueError(
             f"output directory {out_dir} exists and is not empty (overwrite to replace)"
         )
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if storage.is_url(out_dir):
+        return Path(tempfile.mkdtemp(prefix="cambrian-export-"))
+    tmp = Path(out_dir + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
 
 
-def _publish(tmp: Path, out_dir: Path) -> Path:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
-    return out_dir
+def _publish(tmp: Path, out_dir: str, last: str) -> str:
+    """Put the staged directory at ``out_dir`` (replacing it); ``last`` marks it complete."""
+    if not storage.is_url(out_dir):
+        return storage.publish_dir(tmp, out_dir, last)
+    try:
+        return storage.upload_dir(tmp, out_dir, last)
+    finally:
+        shutil.rmtree(tmp)
 
 
 def write_export(
@@ -145,9 +156,10 @@ def write_export(
     out_dir: PathLike,
     source: str = "",
     overwrite: bool = False,
-) -> Path:
-    """Write ``model`` as an export directory (built in ``<out>.tmp``, renamed into place)."""
-    out_dir = Path(out_dir)
+) -> str:
+    """Write ``model`` as an export directory at ``out_dir`` (local or URL; staged, then
+    published)."""
+    out_dir = storage.absolute(out_dir)
     tmp = _staging_dir(out_dir, overwrite)
     exported = dataclasses.replace(model_cfg, towers=dict(model_cfg.towers))
     model.llm.save_pretrained(tmp / "llm")
@@ -167,14 +179,14 @@ def write_export(
     config = ExportedConfig(model=exported, prompt=prompt, source=source)
     (tmp / EXPORT_CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
     log.info("exported %s to %s", source or "model", out_dir)
-    return _publish(tmp, out_dir)
+    return _publish(tmp, out_dir, last=EXPORT_CONFIG)
 
 
-def export_checkpoint(checkpoint: PathLike, out_dir: PathLike, overwrite: bool = False) -> Path:
+def export_checkpoint(checkpoint: PathLike, out_dir: PathLike, overwrite: bool = False) -> str:
     """A run checkpoint (``<run>/<stage>/checkpoint``) → a self-contained export directory."""
     model, cfg, stage = model_from_checkpoint(checkpoint)
     tokenizer = load_tokenizer(cfg.model.llm)
-    source = str(Path(checkpoint).resolve())
+    source = storage.absolute(checkpoint)
     prompt = prompt_settings(cfg, stage)
     return write_export(model, tokenizer, cfg.model, prompt, out_dir, source, overwrite)
 
@@ -193,21 +205,21 @@ def connector_fit(cfg: ModelConfig) -> dict:
     )
 
 
-def export_connector(checkpoint: PathLike, out_dir: PathLike, overwrite: bool = False) -> Path:
+def export_connector(checkpoint: PathLike, out_dir: PathLike, overwrite: bool = False) -> str:
     """A run checkpoint's connector → ``connector.safetensors`` + ``connector.json`` in
     ``out_dir`` (usable as ``stages.finetune.init_from``, the directory or the file)."""
     ckpt, cfg, stage = read_run_checkpoint(checkpoint)
-    out_dir = Path(out_dir)
+    out_dir = storage.absolute(out_dir)
     tmp = _staging_dir(out_dir, overwrite)
-    shutil.copyfile(ckpt / CONNECTOR_FILE, tmp / CONNECTOR_FILE)
+    storage.download(storage.join(ckpt, CONNECTOR_FILE), tmp / CONNECTOR_FILE)
     info = dict(
         connector_fit(cfg.model),
         stage=stage,
         digest=tensors_digest(load_file(str(tmp / CONNECTOR_FILE))),
-        source=str(ckpt.resolve()),
+        source=storage.absolute(ckpt),
     )
     (tmp / CONNECTOR_CONFIG).write_text(json.dumps(info, indent=2))
-    return _publish(tmp, out_dir)
+    return _publish(tmp, out_dir, last=CONNECTOR_CONFIG)
 
 
 # ---- official Cambrian-1 checkpoints -----------------------------------------------------------
@@ -215,7 +227,7 @@ def export_connector(checkpoint: PathLike, out_dir: PathLike, overwrite: bool = 
 
 @dataclass
 class ImportReport:
-    out_dir: Path
+    out_dir: str
     converted: int  # tensors loaded into the model
     skipped_towers: List[str] = field(default_factory=list)  # tower tensors (towers load their own)
 
@@ -276,8 +288,10 @@ def import_official(
 
     Unknown tensor names, missing or unexpected parameters and shape mismatches are all errors
     that list the names; vision-tower tensors are skipped (towers load from their checkpoints).
+    A URL ``official_dir`` is downloaded into the local cache first.
     """
-    official_dir = Path(official_dir)
+    source = storage.absolute(official_dir)
+    official_dir = Path(storage.download_dir(official_dir))
     if not cfg.run_stages:
         raise ValueError("run_stages is empty: the last stage names the prompt settings to export")
     state = read_official_state(official_dir)
@@ -291,7 +305,6 @@ def import_official(
     conversion = load_official(model, state)
     tokenizer = official_tokenizer(official_dir, cfg.model)
     prompt = prompt_settings(cfg, cfg.run_stages[-1])
-    source = str(official_dir.resolve())
     out = write_export(model.eval(), tokenizer, cfg.model, prompt, out_dir, source, overwrite)
     converted = len(conversion.state_dict)
     return ImportReport(out, converted, conversion.skipped_towers)

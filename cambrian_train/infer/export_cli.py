@@ -4,7 +4,8 @@ official Cambrian-1 weights → the same export layout.
     cambrian-export CHECKPOINT_DIR OUT_DIR [--connector-only] [--overwrite]
     cambrian-export import-official OFFICIAL_DIR OUT_DIR [OVERRIDES ...] [--overwrite]
 
-``CHECKPOINT_DIR`` is ``<run>/<stage>/checkpoint`` (or its stage directory). ``OVERRIDES`` are
+``CHECKPOINT_DIR`` is ``<run>/<stage>/checkpoint`` (or its stage directory); it and ``OUT_DIR``
+may be fsspec URLs (``gs://...``). ``OVERRIDES`` are
 ``cambrian-train`` config overrides naming the model the official weights belong to, e.g.
 ``model=cambrian_8b``. User errors exit with status 2 and a one-line message.
 """

@@ -7,6 +7,9 @@ a run checkpoint is rebuilt from the pretrained checkpoints its ``config.yaml`` 
 ``trainable.safetensors`` and ``connector.safetensors`` are loaded on top. Either way the result is
 the model in eval mode, its tokenizer, and the :class:`ImageTextEncoder` that builds prompts the
 way the model was trained (template, aspect ratio, system prompt, length).
+
+Paths may be fsspec URLs (storage.py): a run checkpoint is read in place; an export is downloaded
+once into the local cache, since ``from_pretrained`` reads local directories.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from typing import Optional, Tuple, Union
 import torch
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from safetensors.torch import load_file
 
+from cambrian_train import storage
 from cambrian_train.config.schema import ModelConfig, TrainConfig
 from cambrian_train.config.store import register_configs
 from cambrian_train.config.validate import vision_slot_len
@@ -65,11 +68,13 @@ class ExportedConfig:
     source: str = ""  # what was exported (a run checkpoint or an official checkpoint)
 
 
-def parse_config(path: Path, schema):
-    """A YAML file → the ``schema`` dataclass; type errors name the file and the key."""
+def parse_config(path: Union[str, Path], schema):
+    """A YAML file (local or URL) → the ``schema`` dataclass; type errors name the file and the
+    key."""
     register_configs()  # ${tiny_asset:...} interpolations, should a file still hold one
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
+        loaded = OmegaConf.create(storage.read_text(path))
+        merged = OmegaConf.merge(OmegaConf.structured(schema), loaded)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
@@ -90,34 +95,35 @@ def prompt_settings(cfg: TrainConfig, stage: str) -> PromptSettings:
     )
 
 
-def checkpoint_dir(path: Union[str, Path]) -> Path:
+def checkpoint_dir(path: Union[str, Path]) -> str:
     """A run checkpoint directory, given it or the stage directory holding ``checkpoint/``."""
-    p = Path(path)
-    for candidate in (p, p / "checkpoint"):
-        if (candidate / TRAINABLE_FILE).is_file():
+    for candidate in (str(path), storage.join(path, "checkpoint")):
+        if storage.isfile(storage.join(candidate, TRAINABLE_FILE)):
             return candidate
     raise ValueError(f"{path}: not a run checkpoint (no {TRAINABLE_FILE} here or in checkpoint/)")
 
 
-def read_run_checkpoint(path: Union[str, Path]) -> Tuple[Path, TrainConfig, str]:
+def read_run_checkpoint(path: Union[str, Path]) -> Tuple[str, TrainConfig, str]:
     """→ (checkpoint dir, its run config, the key in ``stages`` of the stage that wrote it)."""
     ckpt = checkpoint_dir(path)
     for name in (CONFIG_FILE, STATE_FILE):
-        if not (ckpt / name).is_file():
+        if not storage.isfile(storage.join(ckpt, name)):
             raise ValueError(f"{ckpt}: run checkpoint without {name}; cannot rebuild the model")
-    cfg = parse_config(ckpt / CONFIG_FILE, TrainConfig)
-    name = json.loads((ckpt / STATE_FILE).read_text()).get("stage")
+    cfg = parse_config(storage.join(ckpt, CONFIG_FILE), TrainConfig)
+    name = json.loads(storage.read_text(storage.join(ckpt, STATE_FILE))).get("stage")
     keys = [k for k, st in cfg.stages.items() if k == name] or [
         k for k, st in cfg.stages.items() if st.name == name
     ]
     if len(keys) != 1:
-        raise ValueError(f"{ckpt / STATE_FILE}: stage={name!r} is not one of {sorted(cfg.stages)}")
+        raise ValueError(
+            f"{storage.join(ckpt, STATE_FILE)}: stage={name!r} is not one of {sorted(cfg.stages)}"
+        )
     return ckpt, cfg, keys[0]
 
 
-def load_trainable(model: VisionLanguageModel, path: Path) -> int:
+def load_trainable(model: VisionLanguageModel, path: str) -> int:
     """Load ``trainable.safetensors`` into ``model``; every tensor must fit. → tensors loaded."""
-    tensors = load_file(str(path))
+    tensors = storage.load_safetensors(path)
     own = model.state_dict()
     unknown = sorted(set(tensors) - set(own))
     if unknown:
@@ -137,8 +143,8 @@ def model_from_checkpoint(path: Union[str, Path]) -> Tuple[VisionLanguageModel, 
     tensors. → (model in eval mode, run config, stage name)."""
     ckpt, cfg, stage = read_run_checkpoint(path)
     model = build_model(cfg.model, pretrained=True)
-    count = load_trainable(model, ckpt / TRAINABLE_FILE)
-    load_connector(model, str(ckpt / CONNECTOR_FILE))
+    count = load_trainable(model, storage.join(ckpt, TRAINABLE_FILE))
+    load_connector(model, storage.join(ckpt, CONNECTOR_FILE))
     log.info("loaded %s: %d trained tensors (stage %s)", ckpt, count, stage)
     return model.eval(), cfg, stage
 
@@ -153,7 +159,7 @@ def absolute_checkpoint(root: Path, checkpoint: str, key: str) -> str:
 
 
 def read_export(path: Union[str, Path]) -> ExportedConfig:
-    """Read an export's ``cambrian.yaml`` with every checkpoint made absolute."""
+    """Read a local export's ``cambrian.yaml`` with every checkpoint made absolute."""
     root = Path(path)
     cfg = parse_config(root / EXPORT_CONFIG, ExportedConfig)
     llm = cfg.model.llm
@@ -167,7 +173,7 @@ def read_export(path: Union[str, Path]) -> ExportedConfig:
 
 
 def model_from_export(path: Union[str, Path]) -> Tuple[VisionLanguageModel, ExportedConfig]:
-    """Build an exported model (every part from the export directory), in eval mode."""
+    """Build an exported model (every part from the local export directory), in eval mode."""
     cfg = read_export(path)
     model = build_model(cfg.model, pretrained=True)
     load_connector(model, str(Path(path) / CONNECTOR_FILE))
@@ -190,18 +196,18 @@ def make_encoder(tokenizer, model: VisionLanguageModel, prompt: PromptSettings) 
 
 
 def is_export(path: Union[str, Path]) -> bool:
-    return (Path(path) / EXPORT_CONFIG).is_file()
+    return storage.isfile(storage.join(path, EXPORT_CONFIG))
 
 
 def load_pretrained(
     path: Union[str, Path], device: Union[str, torch.device] = "cpu"
 ) -> Tuple[VisionLanguageModel, object, ImageTextEncoder]:
-    """An export dir or a run checkpoint → (model in eval mode on ``device``, tokenizer,
-    prompt encoder)."""
-    if not Path(path).is_dir():
+    """An export dir or a run checkpoint, local or a URL → (model in eval mode on ``device``,
+    tokenizer, prompt encoder)."""
+    if not storage.isdir(path):
         raise ValueError(f"model path {path} is not a directory")
     if is_export(path):
-        model, cfg = model_from_export(path)
+        model, cfg = model_from_export(storage.download_dir(path))
         model_cfg, prompt = cfg.model, cfg.prompt
     else:
         model, run_cfg, stage = model_from_checkpoint(path)

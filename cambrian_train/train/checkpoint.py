@@ -3,21 +3,21 @@
 Layout of ``<run>/<stage>/checkpoint/``: ``trainable.safetensors`` (every parameter the stage
 trained), ``connector.safetensors`` (connector + image newline, what the next stage starts from),
 ``state.json`` (step, stage, tensor checksums), ``config.yaml`` (the run's resolved config, so the
-directory alone says how to rebuild the model). A checkpoint is written into a temporary
-directory and renamed into place, so a crash never leaves a half checkpoint under the final name.
+directory alone says how to rebuild the model). Paths are local or fsspec URLs (storage.py). A
+checkpoint is written into ``checkpoint.tmp`` and published under the final name (a rename; on a
+URL a copy with ``state.json`` last), so a crash never leaves a half checkpoint that reads as
+complete, and a failed write leaves the previous checkpoint in place.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-from pathlib import Path
 from typing import Dict, Set
 
 import torch
-from safetensors.torch import load_file, save_file
+
+from cambrian_train import storage
 
 CONNECTOR_FILE = "connector.safetensors"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -51,41 +51,44 @@ def tensors_digest(tensors: Dict[str, torch.Tensor]) -> str:
 def save_stage_checkpoint(
     state_dict: Dict[str, torch.Tensor],
     trainable: Set[str],
-    out_dir: Path,
+    out_dir: str,
     state: dict,
     config_yaml: str = "",
-) -> Path:
-    """Write the full (unsharded) ``state_dict``'s trained and connector tensors."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+) -> str:
+    """Write the full (unsharded) ``state_dict``'s trained and connector tensors to ``out_dir``
+    (a local path or URL); ``state.json`` is written last."""
+    out_dir = str(out_dir)
+    tmp = out_dir.rstrip("/") + ".tmp"
+    storage.rm(tmp)
+    storage.makedirs(tmp)
     trained = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if k in trainable}
     connector = connector_tensors(state_dict)
-    save_file(trained, str(tmp / TRAINABLE_FILE))
-    save_file(connector, str(tmp / CONNECTOR_FILE))
-    state = dict(state, connector_digest=tensors_digest(connector))
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    storage.save_safetensors(trained, storage.join(tmp, TRAINABLE_FILE))
+    storage.save_safetensors(connector, storage.join(tmp, CONNECTOR_FILE))
     if config_yaml:
-        (tmp / CONFIG_FILE).write_text(config_yaml)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
-    return out_dir
+        storage.write_text(storage.join(tmp, CONFIG_FILE), config_yaml)
+    state = dict(state, connector_digest=tensors_digest(connector))
+    storage.write_text(storage.join(tmp, STATE_FILE), json.dumps(state, indent=2))
+    return storage.publish_dir(tmp, out_dir, last=STATE_FILE)
 
 
-def resolve_connector_file(path: str) -> Path:
-    """Accept a connector file, a checkpoint dir, or a stage dir holding ``checkpoint/``."""
-    p = Path(path)
-    for candidate in (p, p / CONNECTOR_FILE, p / "checkpoint" / CONNECTOR_FILE):
-        if candidate.is_file():
+def resolve_connector_file(path: str) -> str:
+    """Accept a connector file, a checkpoint dir, or a stage dir holding ``checkpoint/``
+    (local paths or URLs)."""
+    nested = storage.join(path, "checkpoint")
+    for candidate in (
+        path,
+        storage.join(path, CONNECTOR_FILE),
+        storage.join(nested, CONNECTOR_FILE),
+    ):
+        if storage.isfile(candidate):
             return candidate
-    raise ValueError(f"init_from={path}: no {CONNECTOR_FILE} there (nor in {p / 'checkpoint'})")
+    raise ValueError(f"init_from={path}: no {CONNECTOR_FILE} there (nor in {nested})")
 
 
 def load_connector(model, path: str) -> str:
     """Load connector + newline weights into ``model``; returns their digest."""
-    tensors = load_file(str(resolve_connector_file(path)))
+    tensors = storage.load_safetensors(resolve_connector_file(path))
     expected = set(connector_state(model))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)

@@ -1,32 +1,66 @@
-"""Run logging: stdout lines, wandb (offline without an account), and the loss-curve PNG."""
+"""Run logging: stdout lines, wandb (offline without an account), and the loss-curve PNG.
+
+``metrics.jsonl`` and ``loss_curve.png`` belong in ``output_dir`` (a local path or a URL). For a
+URL they are written in its local mirror (storage.py: also wandb's directory) and uploaded whole:
+the PNG when drawn, ``metrics.jsonl`` every ``SYNC_INTERVAL_S`` and at the end of each stage and
+run; a run resumed on another machine starts from the uploaded ``metrics.jsonl``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from cambrian_train import storage
 from cambrian_train.config.schema import LoggerConfig
 
 log = logging.getLogger(__name__)
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+SYNC_INTERVAL_S = 60.0  # between uploads of metrics.jsonl to a URL output_dir
 
 
 class RunLogger:
     """Collects per-stage metric history; mirrors it to wandb and ``metrics.jsonl``."""
 
     def __init__(
-        self, cfg: LoggerConfig, output_dir: Path, run_name: str, config: dict, active=True
+        self, cfg: LoggerConfig, output_dir: str, run_name: str, config: dict, active=True
     ):
         self.cfg = cfg
-        self.output_dir = Path(output_dir)
+        self.output_dir = str(output_dir)
+        self.local_dir = Path(storage.local_mirror(output_dir))  # output_dir itself when local
         self.active = active  # only the main process writes
         self.history: Dict[str, List[dict]] = {}
         self._wandb = None
-        if active and cfg.wandb:
+        self._jsonl = None
+        self._synced = time.monotonic()
+        if not active:
+            return
+        self.local_dir.mkdir(parents=True, exist_ok=True)
+        if storage.is_url(self.output_dir):
+            self._fetch_metrics()
+        if cfg.wandb:
             self._wandb = self._init_wandb(run_name, config)
-        self._jsonl = open(self.output_dir / "metrics.jsonl", "a") if active else None
+        self._jsonl = open(self.local_dir / METRICS_FILE, "a")
+
+    def _fetch_metrics(self) -> None:
+        """The URL's ``metrics.jsonl`` (an earlier attempt's) replaces the local copy."""
+        local, remote = self.local_dir / METRICS_FILE, storage.join(self.output_dir, METRICS_FILE)
+        local.unlink(missing_ok=True)
+        if storage.exists(remote):
+            storage.download(remote, local)
+
+    def sync(self) -> None:
+        """Upload ``metrics.jsonl`` when ``output_dir`` is a URL (whole, replacing the old)."""
+        self._synced = time.monotonic()
+        if self._jsonl is None or not storage.is_url(self.output_dir):
+            return
+        self._jsonl.flush()
+        storage.upload(self.local_dir / METRICS_FILE, storage.join(self.output_dir, METRICS_FILE))
 
     def _init_wandb(self, run_name: str, config: dict):
         import wandb
@@ -38,7 +72,7 @@ class RunLogger:
             project=self.cfg.project,
             entity=self.cfg.entity,
             name=self.cfg.run_name or run_name,
-            dir=str(self.output_dir),
+            dir=str(self.local_dir),
             mode=mode,
             config=config,
             reinit="finish_previous",
@@ -55,15 +89,19 @@ class RunLogger:
         self._jsonl.flush()
         if self._wandb is not None:
             self._wandb.log({f"{stage}/{k}": v for k, v in metrics.items()})
+        if time.monotonic() - self._synced > SYNC_INTERVAL_S:
+            self.sync()
 
     def summary(self, values: Dict[str, object]) -> None:
         if self._wandb is not None:
             self._wandb.summary.update(values)
 
-    def plot_losses(self, path: Optional[Path] = None) -> Optional[Path]:
-        """Write one loss curve per stage into a PNG; returns its path."""
+    def plot_losses(self) -> Optional[str]:
+        """Write one loss curve per stage into ``loss_curve.png``; returns its path (also syncs
+        ``metrics.jsonl``)."""
         if not self.active or not self.history:
             return None
+        self.sync()
         import matplotlib
 
         matplotlib.use("Agg")
@@ -79,13 +117,17 @@ class RunLogger:
             ax.set_ylabel("loss")
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = path or self.output_dir / "loss_curve.png"
-        fig.savefig(path, dpi=100)
+        local = self.local_dir / LOSS_CURVE_FILE
+        fig.savefig(local, dpi=100)
         plt.close(fig)
+        path = storage.join(self.output_dir, LOSS_CURVE_FILE)
+        if storage.is_url(path):
+            storage.upload(local, path)
         return path
 
     def close(self) -> None:
         if self._jsonl is not None:
+            self.sync()
             self._jsonl.close()
             self._jsonl = None
         if self._wandb is not None:

@@ -14,8 +14,12 @@ local path or any fsspec URL such as ``gs://``)::
 Every process writes its shards (the backend chooses the planner: XLA SPMD planners on TPU,
 DTensor shards under FSDP2), then the main process writes ``COMMITTED``. Local checkpoints are
 written as ``step-N.partial`` and renamed after the commit, so a crash midway leaves the previous
-checkpoint untouched and the partial one is ignored (and removed by the next save). Loading
-reshards: DCP stores global shapes, so a run may resume on another device count.
+checkpoint untouched and the partial one is ignored (and removed by the next save); a URL one is
+written in place and counts only once ``COMMITTED`` is there. Every file operation goes through
+storage.py, so transient storage errors are retried a bounded number of times (the DCP shards as
+one collective save or load, which every process repeats together) and then stop the run with a
+:class:`~cambrian_train.storage.StorageError` naming the URL; the previous checkpoint stays
+complete. Loading reshards: DCP stores global shapes, so a run may resume on another device count.
 """
 
 from __future__ import annotations
@@ -30,11 +34,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-import fsspec
 import numpy as np
 import torch
 
-from cambrian_train.fileutil import is_url
+from cambrian_train import storage
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +64,16 @@ class Restored:
     rank: RankState
 
 
-def _fs(path: str):
-    fs, root = fsspec.core.url_to_fs(path)
-    return fs, root
-
-
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
 def committed_steps(stage_root: str) -> List[int]:
     """Steps of the complete checkpoints under ``<root>/<stage>``, ascending."""
-    fs, root = _fs(stage_root)
-    if not fs.exists(root):
-        return []
     steps = []
-    for entry in fs.ls(root, detail=False):
-        match = _STEP_DIR.match(entry.rstrip("/").rsplit("/", 1)[-1])
-        if match and fs.exists(f"{entry.rstrip('/')}/{COMMIT_FILE}"):
+    for name in storage.ls(stage_root):
+        match = _STEP_DIR.match(name)
+        if match and storage.exists(storage.join(stage_root, name, COMMIT_FILE)):
             steps.append(int(match.group(1)))
     return sorted(steps)
 
@@ -86,16 +81,14 @@ def committed_steps(stage_root: str) -> List[int]:
 def latest_checkpoint(stage_root: str) -> Optional[str]:
     """The newest complete checkpoint directory of a stage, or None."""
     steps = committed_steps(stage_root)
-    return f"{stage_root.rstrip('/')}/{step_dir_name(steps[-1])}" if steps else None
+    return storage.join(stage_root, step_dir_name(steps[-1])) if steps else None
 
 
 def read_checkpoint_meta(path: str) -> dict:
     """``meta.json`` of a complete step checkpoint; ValueError naming the path otherwise."""
-    fs, local = _fs(path)
-    if not fs.exists(f"{local}/{COMMIT_FILE}"):
+    if not storage.exists(storage.join(path, COMMIT_FILE)):
         raise ValueError(f"resume={path}: not a complete checkpoint (no {COMMIT_FILE} there)")
-    with fs.open(f"{local}/{META_FILE}") as fh:
-        return json.loads(fh.read())
+    return json.loads(storage.read_text(storage.join(path, META_FILE)))
 
 
 def rng_state(backend) -> dict:
@@ -137,7 +130,7 @@ class Checkpointer:
     """Saves and restores one stage's training state through the backend's DCP planners."""
 
     def __init__(self, root: str, stage: str, backend, keep_last: int, config_yaml: str = ""):
-        self.stage_root = f"{root.rstrip('/')}/{stage}"
+        self.stage_root = storage.join(root, stage)
         self.stage = stage
         self.backend = backend
         self.keep_last = keep_last
@@ -153,21 +146,23 @@ class Checkpointer:
         meta: dict,
     ) -> str:
         """Write a complete checkpoint of ``step``; every process calls this."""
-        final = f"{self.stage_root}/{step_dir_name(step)}"
-        work = final if is_url(final) else final + ".partial"
-        fs, work_path = _fs(work)
+        final = storage.join(self.stage_root, step_dir_name(step))
+        work = final if storage.is_url(final) else final + ".partial"
         if self.backend.is_main:
-            if fs.exists(work_path):
-                fs.rm(work_path, recursive=True)
-            fs.makedirs(work_path, exist_ok=True)
+            storage.rm(work)
+            storage.makedirs(work)
         self.backend.barrier()
+        state = tensor_state(model, optimizer)
         with torch.no_grad():
-            self.backend.dcp_save(tensor_state(model, optimizer), work)
+            storage.retry(
+                lambda: self.backend.dcp_save(state, work), "write checkpoint shards to", work
+            )
         rank_state = {"sampler": sampler_state, "rng": rng_state(self.backend)}
         buffer = io.BytesIO()
         torch.save(rank_state, buffer)
-        with fs.open(f"{work_path}/rank-{self.backend.rank:05d}.pt", "wb") as fh:
-            fh.write(buffer.getvalue())
+        storage.write_bytes(
+            storage.join(work, f"rank-{self.backend.rank:05d}.pt"), buffer.getvalue()
+        )
         self.backend.barrier()
         if os.environ.get(CRASH_ENV) == str(step):
             log.error("%s=%s: crashing inside the save (test hook)", CRASH_ENV, step)
@@ -180,40 +175,31 @@ class Checkpointer:
                 world_size=self.backend.world_size,
                 config_digest=config_digest(self.config_yaml),
             )
-            with fs.open(f"{work_path}/{META_FILE}", "w") as fh:
-                fh.write(json.dumps(info, indent=2))
+            storage.write_text(storage.join(work, META_FILE), json.dumps(info, indent=2))
             if self.config_yaml:
-                with fs.open(f"{work_path}/config.yaml", "w") as fh:
-                    fh.write(self.config_yaml)
-            with fs.open(f"{work_path}/{COMMIT_FILE}", "w") as fh:
-                fh.write(f"{step}\n")
+                storage.write_text(storage.join(work, "config.yaml"), self.config_yaml)
+            storage.write_text(storage.join(work, COMMIT_FILE), f"{step}\n")
             if work != final:
-                _, final_path = _fs(final)
-                if fs.exists(final_path):
-                    fs.rm(final_path, recursive=True)
-                fs.mv(work_path, final_path, recursive=True)
-            self._prune(fs)
+                storage.publish_dir(work, final, last=COMMIT_FILE)
+            self._prune()
         self.backend.barrier()
         log.info("stage %s: training state of step %d saved to %s", self.stage, step, final)
         return final
 
-    def _prune(self, fs) -> None:
+    def _prune(self) -> None:
         """Keep the newest ``keep_last`` committed checkpoints; drop stale partial ones."""
-        _, root = _fs(self.stage_root)
         steps = committed_steps(self.stage_root)
         for step in steps[: -self.keep_last]:
-            fs.rm(f"{root}/{step_dir_name(step)}", recursive=True)
-        for entry in fs.ls(root, detail=False):
-            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            storage.rm(storage.join(self.stage_root, step_dir_name(step)))
+        for name in storage.ls(self.stage_root):
             if name.endswith(".partial") or (_STEP_DIR.match(name) and int(name[5:]) not in steps):
-                fs.rm(entry, recursive=True)
+                storage.rm(storage.join(self.stage_root, name))
 
     # -- load ---------------------------------------------------------------------------------
     def restore(
         self, path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     ) -> Restored:
         """Load ``path`` into the live model and optimiser (in place; any device count)."""
-        fs, local = _fs(path)
         meta = read_checkpoint_meta(path)
         if meta.get("stage") != self.stage:
             raise ValueError(
@@ -226,13 +212,15 @@ class Checkpointer:
         )
         state = tensor_state(model, optimizer)
         with torch.no_grad():
-            self.backend.dcp_load(state, path)
-        rank = self._rank_state(fs, local, meta)
+            storage.retry(
+                lambda: self.backend.dcp_load(state, path), "read checkpoint shards from", path
+            )
+        rank = self._rank_state(path, meta)
         set_rng_state(self.backend, rank.rng)
         log.info("stage %s: resumed from %s (step %d)", self.stage, path, meta["step"])
         return Restored(path, int(meta["step"]), meta, rank)
 
-    def _rank_state(self, fs, local: str, meta: dict) -> RankState:
+    def _rank_state(self, path: str, meta: dict) -> RankState:
         saved_world = int(meta.get("world_size", 1))
         rank = self.backend.rank
         if saved_world != self.backend.world_size:
@@ -242,15 +230,15 @@ class Checkpointer:
                 saved_world,
                 self.backend.world_size,
             )
-            states = [self._read_rank(fs, local, r) for r in range(saved_world)]
+            states = [self._read_rank(path, r) for r in range(saved_world)]
             consumed = sum(s["sampler"].get("position", 0) for s in states)
             sampler = dict(states[0]["sampler"])
             sampler["position"] = consumed // self.backend.world_size
             return RankState(sampler, states[min(rank, saved_world - 1)]["rng"])
-        state = self._read_rank(fs, local, rank)
+        state = self._read_rank(path, rank)
         return RankState(state["sampler"], state["rng"])
 
     @staticmethod
-    def _read_rank(fs, local: str, rank: int) -> dict:
-        with fs.open(f"{local}/rank-{rank:05d}.pt", "rb") as fh:
-            return torch.load(io.BytesIO(fh.read()), weights_only=False)
+    def _read_rank(path: str, rank: int) -> dict:
+        data = storage.read_bytes(storage.join(path, f"rank-{rank:05d}.pt"))
+        return torch.load(io.BytesIO(data), weights_only=False)
