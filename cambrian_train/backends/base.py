@@ -101,21 +101,31 @@ class Backend(abc.ABC):
         ``model.forward`` (generation)."""
         return contextlib.nullcontext()
 
-    def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
-        """Mean of ``value`` over data-parallel processes (each holds its own batch's loss)."""
+    def sum_over_processes(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum of a 0-dim device tensor over data-parallel processes, staying on the device.
+        Identity where one program sees the global batch (one process, or XLA SPMD)."""
         return value
+
+    # the number of ranks over which the backend's own gradient reduction averages (FSDP: all)
+    gradient_average_size = 1
+
+    def scale_gradients(self, params: Iterable[nn.Parameter], factor: torch.Tensor) -> None:
+        """Multiply every gradient by the 0-dim device tensor ``factor`` in place."""
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(factor)
+
+    def micro_step_done(self) -> None:
+        """End of one micro-batch's forward and backward (XLA cuts the graph here, so the
+        compiled graphs do not grow with the accumulation count)."""
+
+    def transfer_count(self) -> Optional[int]:
+        """Device→host transfers so far where the runtime counts them (XLA); None elsewhere."""
+        return None
 
     def full_state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
         """Unsharded CPU tensors of the whole model (complete on the main process)."""
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-    eager = True  # False where values stay on the device until read (XLA)
-
-    def step_if_finite(self, optimizer, params, finite: torch.Tensor) -> None:
-        """Apply the optimiser step unless the loss or gradient norm is non-finite (skipped:
-        the parameters and optimiser state stay exactly as they were)."""
-        if bool(finite):
-            optimizer.step()
 
     def step_done(self) -> None:
         """End of an optimiser step (XLA cuts the graph here)."""

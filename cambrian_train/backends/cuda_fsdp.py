@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.experimental import implicit_replication
 
 from cambrian_train.backends.base import Backend
 from cambrian_train.models.llm import decoder_layers
@@ -100,10 +101,18 @@ class CudaFsdpBackend(Backend):
         norm = torch.nn.utils.clip_grad_norm_(list(params), max_norm)
         return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
-    def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+    def sum_over_processes(self, value: torch.Tensor) -> torch.Tensor:
         value = value.detach().clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        return value / self.world_size
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)  # enqueued on the device: no host wait
+        return value
+
+    @property
+    def gradient_average_size(self) -> int:
+        return self.world_size  # FSDP2 reduce-scatters (and HSDP all-reduces) with a mean
+
+    def scale_gradients(self, params, factor: torch.Tensor) -> None:
+        with implicit_replication():  # a plain 0-dim factor against DTensor gradients
+            super().scale_gradients(params, factor)
 
     def full_state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -114,21 +114,18 @@ class XlaSpmdBackend(Backend):
             ),
         )
 
-    eager = False
-
-    def step_if_finite(self, optimizer, params, finite: torch.Tensor) -> None:
-        """Without a host sync: non-finite gradients become zeros before the step, so the
-        parameters move only by the optimiser's momentum on such a step."""
-        for p in params:
-            if p.grad is not None:
-                p.grad = torch.where(finite, p.grad, torch.zeros_like(p.grad))
-        optimizer.step()
+    def micro_step_done(self) -> None:
+        torch_xla.sync()
 
     def step_done(self) -> None:
         torch_xla.sync()
 
     def compile_count(self) -> Optional[int]:
         data = met.metric_data("CompileTime")
+        return int(data[0]) if data else 0
+
+    def transfer_count(self) -> Optional[int]:
+        data = met.metric_data("TransferFromDeviceTime")
         return int(data[0]) if data else 0
 
     def dcp_save(self, state, path: str) -> None:

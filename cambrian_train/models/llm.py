@@ -6,14 +6,28 @@ against the config fields that pre-flight validation relied on.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AttentionInterface,
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from cambrian_train.config.schema import LLMConfig
 from cambrian_train.registry import LLMS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# HF's own SDPA attention under a name with no mask function registered: HF then builds no mask
+# and SDPA runs with is_causal (train/step.py's right-padded batches; see causal_attention).
+CAUSAL_SDPA = "cambrian_causal_sdpa"
+AttentionInterface.register(CAUSAL_SDPA, sdpa_attention_forward)
 
 
 @LLMS.register("hf_causal_lm")
@@ -62,3 +76,24 @@ def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
             "get_decoder().layers; this LLM family is not supported"
         )
     return layers
+
+
+@contextlib.contextmanager
+def causal_attention(llm: PreTrainedModel):
+    """Within: an SDPA LLM attends purely causally, with no padding mask built.
+
+    For a right-padded batch this gives the same outputs at every real token (no real token
+    attends to a later pad), and it avoids HF's mask preparation, which reads the padding mask
+    and position ids on the host in every forward — a device sync per micro-batch on XLA and
+    CUDA. Other attention implementations are left as they are.
+    """
+    config = llm.config
+    previous = config._attn_implementation
+    if previous != "sdpa":
+        yield
+        return
+    config._attn_implementation = CAUSAL_SDPA
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous

@@ -1,8 +1,8 @@
 """VisionLanguageModel: vision towers → connector (+ row newlines) → decoder LLM.
 
-``forward(batch)`` returns the mean next-token loss over supervised tokens. Vision tokens are
-computed for every image slot (static shapes) and written into the token embeddings at
-``batch.vision_positions``; empty slots are never written. With an SVA connector whose
+``forward(batch)`` returns the next-token loss over supervised tokens (mean, or sum and count).
+Vision tokens are computed for every image slot (static shapes) and written into the token
+embeddings at ``batch.vision_positions``; empty slots are never written. With an SVA connector whose
 ``insert.count`` > 0, SVA layers also run inside the LLM (models/connectors/interleave.py) on a
 context built here and passed explicitly with each LLM forward.
 """
@@ -24,6 +24,7 @@ from cambrian_train.models.connectors.interleave import (
     LLMVisionContext,
     attach_samplers,
 )
+from cambrian_train.models.llm import causal_attention
 from cambrian_train.models.multimodal import scatter_at
 from cambrian_train.models.vision.base import ImageSpec, VisionTower
 
@@ -124,11 +125,29 @@ class VisionLanguageModel(nn.Module):
         )
         return out.logits  # [B, L, V]
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """Mean cross-entropy over supervised next tokens (labels -100 ignored)."""
-        logits = self.logits(batch)
-        return F.cross_entropy(
+    def forward(self, batch: Batch, reduction: str = "mean"):
+        """Next-token cross-entropy over the batch's supervised tokens (labels -100 ignored).
+
+        ``reduction="mean"``: their mean (0-dim). ``"sum"``: (the sum, the token count), both
+        0-dim float32 — the trainer divides the sum over all micro-batches and data-parallel
+        ranks by the total count (train/step.py), so every backend and accumulation optimises
+        the same objective. (A ``forward`` argument, not another method: FSDP2 gathers the root
+        parameters in ``forward``.)"""
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction={reduction!r}: use 'mean' or 'sum'")
+        embeds, context = self.embed(batch)
+        with causal_attention(self.llm):  # training batches are right-padded (data/collate.py)
+            logits = self.llm(
+                inputs_embeds=embeds, use_cache=False, **self.llm_kwargs(context)
+            ).logits  # [B, L, V]
+        targets = batch.labels[:, 1:]
+        total = F.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(),
-            batch.labels[:, 1:].flatten(),
+            targets.flatten(),
             ignore_index=-100,
+            reduction="sum",
         )
+        count = (targets != -100).sum().float()
+        if reduction == "sum":
+            return total, count
+        return total / count.clamp(min=1.0)

@@ -1,4 +1,4 @@
-"""AdamW over the stage's parameter groups and the warmup + cosine learning-rate schedule."""
+"""AdamW (train/adamw.py) over the stage's parameter groups and the warmup + cosine schedule."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from typing import List
 import torch
 
 from cambrian_train.config.schema import StageConfig
+from cambrian_train.train.adamw import MaskedAdamW
 from cambrian_train.train.stage import ParamGroup
 
 
-def build_optimizer(groups: List[ParamGroup], stage: StageConfig) -> torch.optim.AdamW:
+def build_optimizer(groups: List[ParamGroup], stage: StageConfig) -> MaskedAdamW:
     # Tensor learning rates: the schedule writes into them in place, so a compiled (XLA) graph
     # takes the lr as data and never recompiles when it changes.
-    return torch.optim.AdamW(
+    return MaskedAdamW(
         [
             {
                 "params": g.params,

@@ -143,9 +143,9 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(setup, tmp_path):
     calls = {"n": 0}
     poisoned = {2, 5, 6, 7}  # forward calls (one per step here) whose loss becomes NaN
 
-    def poison(module, args, output):
+    def poison(module, args, output):  # output: (summed loss, token count)
         calls["n"] += 1
-        return output * float("nan") if calls["n"] in poisoned else output
+        return (output[0] * float("nan"), output[1]) if calls["n"] in poisoned else output
 
     model.register_forward_hook(poison)
 
