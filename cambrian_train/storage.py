@@ -65,8 +65,9 @@ class StorageError(OSError):
 
 def is_transient(err: BaseException) -> bool:
     """Whether ``err`` may pass on a retry: an I/O, timeout or connection error (not a missing
-    or forbidden path), or DCP's per-rank ``CheckpointException`` made only of such errors."""
-    if isinstance(err, (*_PERMANENT, PermissionError)):
+    or forbidden path, nor one already retried), or DCP's per-rank ``CheckpointException`` made
+    only of such errors."""
+    if isinstance(err, (*_PERMANENT, PermissionError, StorageError)):  # StorageError: retried
         return False
     if isinstance(err, OSError):  # TimeoutError and ConnectionError are OSErrors
         return True

@@ -2,8 +2,9 @@
 
 ``testgs://bucket/x`` is ``$CAMBRIAN_TEST_STORE/bucket/x``: the code under test takes the URL
 branch of every storage call (``fileutil.is_url``) while the bytes land in a temporary directory.
-:attr:`FakeStore.faults` makes chosen operations fail: a write fails midway (half its bytes are
-written, then ``OSError``), a read fails before returning.
+:attr:`FakeStore.faults` makes chosen operations fail with an ``OSError``: a write breaks midway
+and, as on an object store, leaves no new object (the old one, if any, stays); a read fails
+before returning.
 
 ``python -m tests.fake_store cambrian-train|cambrian-export|cambrian-eval ARGS...`` registers the
 protocol in a fresh process and runs that command's ``main`` (how subprocess runs see it).
@@ -11,6 +12,7 @@ protocol in a fresh process and runs that command's ``main`` (how subprocess run
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -43,28 +45,16 @@ class Fault:
         return True
 
 
-class _HalfWriter:
-    """A binary file that writes half of its first ``write`` and then raises."""
+class _BrokenUpload(io.BytesIO):
+    """A write stream whose connection breaks at its first ``write``: like an object store's
+    upload, nothing of it reaches the store (an existing object stays as it was)."""
 
-    def __init__(self, handle, fault: Fault, path: str):
-        self._handle, self._fault, self._path = handle, fault, path
+    def __init__(self, fault: Fault, path: str):
+        super().__init__()
+        self._fault, self._path = fault, path
 
     def write(self, data) -> int:
-        self._handle.write(bytes(data)[: len(data) // 2])
-        self._handle.close()
         raise self._fault.error(f"injected write fault on {self._path}")
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
 
 
 class FakeStore(DirFileSystem):
@@ -86,12 +76,11 @@ class FakeStore(DirFileSystem):
             return super().open(path, mode, *args, **kwargs)
         if "w" not in mode:
             raise fault.error(f"injected read fault on {path}")
-        return _HalfWriter(super().open(path, mode, *args, **kwargs), fault, str(path))
+        return _BrokenUpload(fault, str(path))
 
     def pipe_file(self, path, value, *args, **kwargs):
         fault = self._fault("write", path)
         if fault is not None:
-            super().pipe_file(path, value[: len(value) // 2], *args, **kwargs)
             raise fault.error(f"injected write fault on {path}")
         return super().pipe_file(path, value, *args, **kwargs)
 
