@@ -15,7 +15,6 @@ import json
 import logging
 import random
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
@@ -63,7 +62,7 @@ def prepare_data(cfg: TrainConfig) -> None:
 
     if cfg.data.root is None:
         raise ValueError("data.synthetic is set but data.root (where to generate it) is not")
-    paths = ensure_synthetic(Path(cfg.data.root), cfg.data.synthetic)
+    paths = ensure_synthetic(cfg.data.root, cfg.data.synthetic)  # local: generated here
     log.info("synthetic data set at %s", paths.root)
 
 
