@@ -119,6 +119,10 @@ class Backend(abc.ABC):
         """End of one micro-batch's forward and backward (XLA cuts the graph here, so the
         compiled graphs do not grow with the accumulation count)."""
 
+    def largest_graph(self) -> Optional[int]:
+        """IR nodes of the largest recent compiled graph where the backend traces (XLA)."""
+        return None
+
     def transfer_count(self) -> Optional[int]:
         """Device→host transfers so far where the runtime counts them (XLA); None elsewhere."""
         return None

@@ -21,6 +21,22 @@ FSDP_RULES: List[Rule] = [
     (r".*", ()),
 ]
 
+# Megatron-style tensor parallelism of the LLM (HF Llama / Qwen2 / Mistral names; weights are
+# [out, in]) on the ``tensor`` axis, with FSDP on the other dimension: q/k/v and gate/up are
+# column-parallel (output features split), o and down row-parallel (input features split), the
+# embedding and the head vocab-parallel. XLA's SPMD partitioner inserts the collectives. With
+# ``mesh.tensor == 1`` these specs shard exactly like FSDP_RULES.
+LLM_TENSOR_RULES: List[Rule] = [
+    (r"llm\..*\.(q_proj|k_proj|v_proj|gate_proj|up_proj)\.weight$", ("tensor", "fsdp")),
+    (r"llm\..*\.(o_proj|down_proj)\.weight$", ("fsdp", "tensor")),
+    (r"llm\.(.*embed_tokens|lm_head)\.weight$", ("tensor", "fsdp")),  # one rule: may be tied
+]
+
+
+def sharding_rules(tensor_parallel: bool) -> List[Rule]:
+    """The rule table of a mesh: tensor-parallel LLM rules first when the tensor axis is > 1."""
+    return (LLM_TENSOR_RULES if tensor_parallel else []) + FSDP_RULES
+
 
 def _fits(spec: Sequence[Axis], ndim: int) -> bool:
     return len(spec) == 0 or len(spec) == ndim
@@ -48,5 +64,26 @@ def plan_sharding(
         plan[name] = chosen or (None,) * param.ndim
     unused = [pattern for (_, _, pattern), hit in zip(compiled, used) if not hit]
     if unused:
-        raise ValueError(f"sharding rules that match no parameter: {unused}")
+        raise ValueError(
+            f"sharding rules that match no parameter: {unused} (with mesh.tensor > 1 the LLM "
+            "must use HF Llama-style projection names; set mesh.tensor=1 otherwise)"
+        )
     return plan
+
+
+def per_device_numel(
+    params: Iterable[Tuple[str, object]], plan: Dict[str, Tuple[Axis, ...]], axes: Dict[str, int]
+) -> int:
+    """Elements one device holds of ``params`` under ``plan`` on a mesh of ``axes`` sizes
+    (a dimension split over several axes is divided by their product; ceil per dimension)."""
+    total = 0
+    for name, param in params:
+        count = 1
+        for size, spec in zip(param.shape, plan[name] or (None,) * param.ndim):
+            names = () if spec is None else (spec,) if isinstance(spec, str) else spec
+            ways = 1
+            for axis in names:
+                ways *= axes[axis]
+            count *= -(-size // ways)
+        total += count
+    return total

@@ -12,29 +12,32 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
+import socket
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch_xla
 import torch_xla.core.xla_model as xm
 import torch_xla.debug.metrics as met
 import torch_xla.distributed.parallel_loader as pl
 import torch_xla.distributed.spmd as xs
+import torch_xla.distributed.xla_backend  # noqa: F401  (registers the xla:// init method)
 import torch_xla.experimental.distributed_checkpoint as xla_dcp
 import torch_xla.runtime as xr
 import torch_xla.utils.checkpoint as xla_checkpoint
 from torch import nn
 
-from cambrian_train.backends.base import Backend, dcp_storage, single_process_ok
-from cambrian_train.backends.sharding import FSDP_RULES, plan_sharding
+from cambrian_train.backends.base import Backend, dcp_storage
+from cambrian_train.backends.sharding import plan_sharding, sharding_rules
 from cambrian_train.batch import Batch
 from cambrian_train.registry import BACKENDS
 
 log = logging.getLogger(__name__)
 AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
 
 
 def _flatten(batch: Batch) -> dict:
@@ -58,6 +61,7 @@ class XlaSpmdBackend(Backend):
         self.rank, self.world_size = xr.process_index(), xr.process_count()
         self._device = torch_xla.device()
         self.local_devices = xr.addressable_runtime_device_count()
+        _init_process_group()
 
     def device_count(self) -> int:
         return xr.global_runtime_device_count()
@@ -65,6 +69,13 @@ class XlaSpmdBackend(Backend):
     def configure_mesh(self) -> None:
         count = self.mesh.num_devices
         shape = (self.mesh.data, self.mesh.fsdp, self.mesh.tensor)
+        if self.local_devices % self.mesh.tensor:
+            raise ValueError(
+                f"mesh.tensor={self.mesh.tensor} does not divide the {self.local_devices} devices "
+                "of a host"
+            )
+        # device ids in process order: host h owns ids [h*local, (h+1)*local), so the batch rows
+        # of host h's minibatch land on host h's devices (input_sharding below)
         self.spmd_mesh = xs.Mesh(np.arange(count), shape, AXES)
         log.info(
             "XLA SPMD: %d devices (%d on this host, host %d of %d), mesh %s=%s",
@@ -81,19 +92,40 @@ class XlaSpmdBackend(Backend):
         return self._device
 
     def host_batch_size(self, per_device_batch_size: int) -> int:
-        return per_device_batch_size * self.local_devices
+        """This host's share of a global micro-batch (per-device batch x data-parallel size)."""
+        data_parallel = self.mesh.data * self.mesh.fsdp
+        if per_device_batch_size % self.mesh.tensor:
+            raise ValueError(
+                f"per_device_batch_size={per_device_batch_size} with mesh.tensor="
+                f"{self.mesh.tensor}: the input batch is sharded over all devices, so the "
+                "per-device batch must be a multiple of mesh.tensor"
+            )
+        return per_device_batch_size * data_parallel // self.world_size
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
-        plan = plan_sharding(model.named_parameters(), FSDP_RULES)
+        rules = sharding_rules(tensor_parallel=self.mesh.tensor > 1)
+        plan = plan_sharding(model.named_parameters(), rules)
         for name, param in model.named_parameters():
             if any(axis is not None for axis in plan[name]):
                 xs.mark_sharding(param, self.spmd_mesh, plan[name])
+        split = sum("tensor" in spec for spec in plan.values())
+        if self.mesh.tensor > 1:
+            log.info(
+                "tensor parallel: %d LLM matrices split over tensor=%d", split, self.mesh.tensor
+            )
         return model
 
-    def _input_sharding(self, batch: Batch) -> dict:
+    def input_sharding(self, batch: Batch) -> dict:
+        """Per-key specs for a host batch: every tensor's batch dimension over all mesh axes,
+        as a per-host minibatch (``minibatch=True``): each host transfers only its own rows and
+        the runtime assembles the global batch from the hosts' shards (host order = row order).
+        Over all axes because minibatch sharding must cover every device; with ``mesh.tensor``
+        > 1 XLA regathers activations along ``tensor`` where the LLM's layers need them."""
         return {
-            key: xs.ShardingSpec(self.spmd_mesh, (BATCH_AXES,) + (None,) * (value.ndim - 1))
+            key: xs.ShardingSpec(
+                self.spmd_mesh, (AXES,) + (None,) * (value.ndim - 1), minibatch=True
+            )
             for key, value in _flatten(batch).items()
         }
 
@@ -101,7 +133,7 @@ class XlaSpmdBackend(Backend):
         first = next(batches)
         flat = (_flatten(b) for b in _chain(first, batches))
         loader = pl.MpDeviceLoader(
-            _Iterable(flat), self.device, input_sharding=self._input_sharding(first)
+            _Iterable(flat), self.device, input_sharding=self.input_sharding(first)
         )
         return (_unflatten(dict(b)) for b in loader)
 
@@ -124,23 +156,26 @@ class XlaSpmdBackend(Backend):
         data = met.metric_data("CompileTime")
         return int(data[0]) if data else 0
 
+    def largest_graph(self) -> Optional[int]:
+        data = met.metric_data("TensorsGraphSize")  # (count, sum, recent samples)
+        return int(max(value for _, value in data[2])) if data and data[2] else 0
+
     def transfer_count(self) -> Optional[int]:
         data = met.metric_data("TransferFromDeviceTime")
         return int(data[0]) if data else 0
 
     def dcp_save(self, state, path: str) -> None:
+        """One checkpoint from all hosts: DCP coordinates them over the ``xla://`` process
+        group (each host writes the shards its devices hold; rank 0 writes the metadata)."""
         torch_xla.sync()
-        with single_process_ok():
-            dcp.save(
-                state, storage_writer=dcp_storage(path, True), planner=xla_dcp.SPMDSavePlanner()
-            )
+        dcp.save(state, storage_writer=dcp_storage(path, True), planner=xla_dcp.SPMDSavePlanner())
 
     def dcp_load(self, state, path: str) -> None:
-        with single_process_ok():
-            dcp.load(
-                state, storage_reader=dcp_storage(path, False), planner=xla_dcp.SPMDLoadPlanner()
-            )
+        dcp.load(state, storage_reader=dcp_storage(path, False), planner=xla_dcp.SPMDLoadPlanner())
         torch_xla.sync()
+
+    def barrier(self) -> None:
+        dist.barrier()  # gloo, host-side: it waits for the hosts, not for the devices
 
     def prime_optimizer(self, optimizer, params) -> None:
         if not all(p in optimizer.state for p in params):
@@ -156,8 +191,30 @@ class XlaSpmdBackend(Backend):
     def any_process(self, flag: bool) -> bool:
         if self.world_size == 1:
             return flag
-        payloads = xm.rendezvous("cambrian_any_process", bytes([int(flag)]))
-        return any(p and p[0] for p in payloads)
+        value = torch.tensor([int(flag)])  # a host tensor over gloo: no device graph involved
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _init_process_group() -> None:
+    """torch.distributed over gloo with torch_xla's ``xla://`` rendezvous (rank = host index,
+    world = host count; TCP store on host 0 at MASTER_ADDR, discovered on TPU pods): what
+    distributed checkpoints and host barriers use. One host gets a free local port."""
+    if dist.is_initialized():
+        return
+    if xr.process_count() == 1 and "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    dist.init_process_group("gloo", init_method="xla://")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _chain(first, rest):

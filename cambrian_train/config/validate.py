@@ -368,11 +368,21 @@ def _check_runtime(cfg: TrainConfig, errors: list[str]) -> None:
         errors.append(f"backend.name={cfg.backend.name!r} is not one of {known}")
     if cfg.backend.dtype not in DTYPES:
         errors.append(f"backend.dtype={cfg.backend.dtype!r} is not one of {list(DTYPES)}")
-    if cfg.backend.name == "xla_spmd" and cfg.backend.dtype != "float32":
+    if mesh.tensor > 1 and cfg.backend.name != "xla_spmd":
         errors.append(
-            f"backend.dtype={cfg.backend.dtype!r}: the xla_spmd backend computes in the "
-            "parameters' dtype; set model.llm.dtype=bfloat16 for bf16 instead"
+            f"mesh.tensor={mesh.tensor}: tensor parallelism is implemented on backend=xla_spmd "
+            f"only; backend={cfg.backend.name} would compute duplicate replicas (set "
+            "mesh.tensor=1)"
         )
+    if cfg.model.llm.dtype != "float32":
+        for name, st in _run_stages(cfg):
+            if st.train_llm:
+                errors.append(
+                    f"model.llm.dtype={cfg.model.llm.dtype} while stage {name} trains the LLM: "
+                    f"AdamW updates at lr {st.llm_lr or st.lr:g} are below bf16 resolution and "
+                    "are lost; keep float32 master weights (model.llm.dtype=float32) and compute "
+                    "in bf16 with backend.dtype=bfloat16"
+                )
     if cfg.backend.on_recompile not in ("off", "warn", "error"):
         errors.append(
             f"backend.on_recompile={cfg.backend.on_recompile!r} is not one of "

@@ -141,6 +141,7 @@ class StepLog:
             metrics["compiles"] = self.watch.count
         if self.backend.transfer_count() is not None:
             metrics["d2h_in_steps"] = self.d2h_in_steps
+            metrics["largest_graph"] = self.backend.largest_graph()
         self.run_logger.log(stage.name, step, metrics)
         if first == 1:
             self.first_loss = losses[0]

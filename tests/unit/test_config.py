@@ -199,3 +199,38 @@ def test_auto_mesh_and_derived_per_device_batch(compose):
         resolve_batches(cfg, resolve_mesh(cfg.mesh, 3))
     with pytest.raises(ConfigError, match="does not fit the 2 devices"):
         resolve_mesh(compose(["mesh=xla_cpu_4"]).mesh, 2)
+
+
+@pytest.mark.parametrize("size", sorted(PAPER))
+def test_paper_presets_keep_float32_master_weights(compose, size):
+    """bf16 compute everywhere; the LLM that stage 2 trains is held in float32 (its AdamW
+    updates at lr 2e-5-4e-5 are below bf16 resolution); the frozen stage-1 LLM may be bf16."""
+    finetune = compose(
+        [f"experiment=cambrian{size}_finetune_v4_512", *PAPER_DATA, "stages.finetune.init_from=/c"]
+    )
+    assert finetune.backend.dtype == "bfloat16"
+    assert finetune.model.llm.dtype == "float32"
+    validate(finetune, check_paths=False)
+    pretrain = compose([f"experiment=cambrian{size}_pretrain_v4_512", *PAPER_DATA])
+    assert pretrain.backend.dtype == "bfloat16"
+    assert not pretrain.stages["pretrain"].train_llm
+    validate(pretrain, check_paths=False)
+
+
+def test_validation_bf16_master_weights_of_a_trained_llm(compose):
+    cfg = compose(["experiment=demo", "model.llm.dtype=bfloat16"])
+    msg = _errors(cfg)
+    assert "model.llm.dtype=bfloat16 while stage finetune trains the LLM" in msg
+    assert "pretrain" not in msg.split("while stage")[1].split(":")[0]  # stage 1: LLM frozen
+    compose(["experiment=demo", "model.llm.dtype=bfloat16", "run_stages=[pretrain]"], True)
+
+
+def test_validation_tensor_parallel_only_on_xla(compose):
+    cfg = compose(
+        ["experiment=demo", "backend=cuda_fsdp", "mesh=xla_cpu_4", "mesh.fsdp=2", "mesh.tensor=2"]
+    )
+    assert "mesh.tensor=2: tensor parallelism is implemented on backend=xla_spmd" in _errors(cfg)
+    compose(
+        ["experiment=demo", "backend=xla_spmd", "mesh=xla_cpu_4", "mesh.fsdp=2", "mesh.tensor=2"],
+        True,
+    )
