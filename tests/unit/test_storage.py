@@ -103,3 +103,19 @@ def test_permanent_errors_are_not_retried(store):
         storage.read_bytes(f"{PROTOCOL}://bucket/missing")
     with pytest.raises(FileNotFoundError):  # locally neither
         storage.read_bytes(str(store / "missing"))
+
+
+def test_plan_resume_reads_results_and_step_checkpoints_of_a_url(store, compose):
+    from cambrian_train.run import plan_resume
+
+    out = f"{PROTOCOL}://bucket/run"
+    cfg = compose(["experiment=demo", f"output_dir={out}", "resume=auto"])
+    storage.write_text(f"{out}/results.json", '{"stages": {"pretrain": {"checkpoint": "x"}}}')
+    for step, committed in ((2, True), (4, True), (6, False)):
+        step_dir = f"{out}/checkpoints/finetune/step-0000000{step}"
+        storage.write_text(f"{step_dir}/meta.json", "{}")
+        if committed:
+            storage.write_text(f"{step_dir}/COMMITTED", f"{step}\n")
+    plan = plan_resume(cfg, out)
+    assert plan.done == {"pretrain": {"checkpoint": "x"}}
+    assert plan.restore == {"finetune": f"{out}/checkpoints/finetune/step-00000004"}
