@@ -103,7 +103,8 @@ def read_suite(path: str) -> List[Tuple[str, str]]:
     for name, data in entries.items():
         if not isinstance(data, str) or not data:
             raise ValueError(f"suite file {path}: {name!r} -> {data!r} is not a data path")
-        where = data if storage.is_url(data) else storage.join(storage.parent(path), data)
+        relative = not (storage.is_url(data) or os.path.isabs(data))
+        where = storage.join(storage.parent(path), data) if relative else data
         pairs.append((str(name), where))
     return pairs
 
