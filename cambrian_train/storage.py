@@ -84,7 +84,9 @@ def retry(fn: Callable[[], T], what: str, path: PathLike) -> T:
         return fn()
     attempts = max(1, int(os.environ.get(ATTEMPTS_ENV, "4")))
     delay = float(os.environ.get(BACKOFF_ENV, "0.5"))
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return fn()
         except BaseException as err:  # DCP's CheckpointException is a BaseException
@@ -107,7 +109,6 @@ def retry(fn: Callable[[], T], what: str, path: PathLike) -> T:
             )
             time.sleep(delay)
             delay *= 2
-    raise AssertionError("unreachable")
 
 
 # ---- names ------------------------------------------------------------------------------------
