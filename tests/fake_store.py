@@ -7,7 +7,8 @@ and, as on an object store, leaves no new object (the old one, if any, stays); a
 before returning.
 
 ``python -m tests.fake_store cambrian-train|cambrian-export|cambrian-eval ARGS...`` registers the
-protocol in a fresh process and runs that command's ``main`` (how subprocess runs see it).
+protocol in a fresh process and runs that command's ``main`` (how subprocess runs see it), with
+the faults of ``$CAMBRIAN_TEST_FAULTS`` (``op:match:times`` entries separated by ``,``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 PROTOCOL = "testgs"
 ROOT_ENV = "CAMBRIAN_TEST_STORE"
+FAULTS_ENV = "CAMBRIAN_TEST_FAULTS"
 
 
 @dataclass
@@ -111,6 +113,9 @@ def register() -> None:
 
 def _main() -> int:
     register()
+    for entry in filter(None, os.environ.get(FAULTS_ENV, "").split(",")):
+        op, match, times = entry.split(":")
+        FakeStore.faults.append(Fault(op, match, int(times)))
     command, args = sys.argv[1], sys.argv[2:]
     sys.argv = [command, *args]
     if command == "cambrian-train":

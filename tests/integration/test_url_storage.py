@@ -14,7 +14,7 @@ import pytest
 
 from cambrian_train import storage
 from tests.conftest import REPO
-from tests.fake_store import PROTOCOL, ROOT_ENV, FakeStore, register
+from tests.fake_store import FAULTS_ENV, PROTOCOL, ROOT_ENV, FakeStore, register
 
 pytestmark = pytest.mark.integration
 RUN = f"{PROTOCOL}://bucket/runs/two"
@@ -37,10 +37,11 @@ def store_env(tmp_path, monkeypatch):
     return tmp_path / "store"
 
 
-def cambrian_train(args, cwd):
+def cambrian_train(args, cwd, env=None):
     proc = subprocess.run(
         [sys.executable, "-m", "tests.fake_store", "cambrian-train", *args],
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,
@@ -111,3 +112,15 @@ def test_train_resume_init_export_eval_all_on_urls(
     assert scored["model"] == "tiny" and scored["count"] == 4
     model, _, _ = load_pretrained(f"{RUN}/finetune")  # a run checkpoint, read in place
     assert not model.training
+
+
+def test_a_storage_failure_stops_the_run_naming_the_url(tiny_overrides, store_env, tmp_path):
+    base = [o for o in tiny_overrides if not o.startswith("output_dir=")]
+    run = f"{PROTOCOL}://bucket/runs/broken"
+    args = [*base, f"output_dir={run}", "run_stages=[pretrain]", "stages.pretrain.eval_after=false"]
+    env = {FAULTS_ENV: "write:checkpoint.tmp/trainable:-1", storage.ATTEMPTS_ENV: "2"}
+    code, out = cambrian_train(args, tmp_path, env)
+    assert code == 74, out[-3000:]
+    assert f"storage failure: upload to {run}/pretrain/checkpoint.tmp/trainable" in out
+    assert "failed 2 times" in out and "Traceback" not in out
+    assert not storage.exists(f"{run}/pretrain/checkpoint")
