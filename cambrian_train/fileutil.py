@@ -1,5 +1,6 @@
-"""File-system helpers: a lock for assets built once (tiny checkpoints, data sets, indexes) and
-atomic writes (a reader sees the old file or the new one, never half of one)."""
+"""Local file-system helpers: a lock for assets built once (tiny checkpoints, data sets, indexes),
+atomic writes (a reader sees the old file or the new one, never half of one), and the test of
+whether a path is a URL. Paths that may be URLs go through storage.py, which builds on these."""
 
 from __future__ import annotations
 
