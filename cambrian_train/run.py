@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 
 from cambrian_train import storage
 from cambrian_train.backends import build_backend
+from cambrian_train.backends.mesh import resolve_batches
 from cambrian_train.config.schema import TrainConfig
-from cambrian_train.config.validate import resolve_batches
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import SupervisedDataset, stage_encoder
 from cambrian_train.data.loader import BatchStream, SkipStats

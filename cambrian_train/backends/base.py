@@ -14,9 +14,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
+from cambrian_train.backends.mesh import resolve_mesh
 from cambrian_train.batch import Batch
 from cambrian_train.config.schema import BackendConfig, MeshConfig
-from cambrian_train.config.validate import resolve_mesh
 from cambrian_train.fileutil import is_url, local_path
 
 

@@ -1,17 +1,19 @@
 """Cross-field checks of a :class:`TrainConfig`, run by ``cli.main`` before anything is built.
 
 Every failure is a :class:`ConfigError` whose message is one line naming the field and its value.
-``validate`` collects all failures, so a user fixes a config in one round trip.
+``validate`` collects all failures, so a user fixes a config in one round trip. What needs the
+runtime's device count (sizing an ``auto`` mesh, deriving per-device batches) is in
+backends/mesh.py. This module sits below models and backends: it imports neither at module level,
+only ``validate`` / ``validate_model`` import them, to fill the registries whose keys they check.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from typing import Optional
 
-from cambrian_train.config.schema import MeshConfig, TrainConfig
+from cambrian_train.config.schema import TrainConfig
 from cambrian_train.registry import BACKENDS, CONNECTORS, LLMS, VISION_TOWERS
 
 SELECT_FEATURES = ("patch", "cls_patch")
@@ -136,7 +138,7 @@ def _check_sva(cfg: TrainConfig, errors: list[str]) -> None:
             )
 
 
-def _run_stages(cfg: TrainConfig):
+def trained_stages(cfg: TrainConfig):
     """(name, stage) of the stages this run trains (others are not checked)."""
     return [(name, cfg.stages[name]) for name in cfg.run_stages if name in cfg.stages]
 
@@ -147,7 +149,7 @@ def batch_errors(cfg: TrainConfig, dp: int) -> list[str]:
     A ``per_device_batch_size`` left unset is derived from it and must come out whole.
     """
     errors = []
-    for name, st in _run_stages(cfg):
+    for name, st in trained_stages(cfg):
         key = f"stages.{name}"
         if st.grad_accum_steps < 1 or st.global_batch_size < 1:
             errors.append(
@@ -176,43 +178,6 @@ def batch_errors(cfg: TrainConfig, dp: int) -> list[str]:
     return errors
 
 
-def resolve_mesh(mesh: MeshConfig, device_count: int) -> MeshConfig:
-    """Size an ``auto`` mesh (num_devices 0 = all devices, fsdp 0 = what the other axes leave)
-    and check it against the devices the runtime has."""
-    num = mesh.num_devices or device_count
-    fsdp = mesh.fsdp
-    if fsdp == 0:
-        if num % (mesh.data * mesh.tensor):
-            raise ConfigError(
-                f"mesh.data={mesh.data} x mesh.tensor={mesh.tensor} does not divide the "
-                f"{num} devices"
-            )
-        fsdp = num // (mesh.data * mesh.tensor)
-    resolved = dataclasses.replace(mesh, num_devices=num, fsdp=fsdp)
-    if resolved.data * resolved.fsdp * resolved.tensor != num or num != device_count:
-        raise ConfigError(
-            f"mesh {mesh.name} (data={resolved.data} x fsdp={resolved.fsdp} x tensor="
-            f"{resolved.tensor}, num_devices={num}) does not fit the {device_count} devices "
-            "of this run"
-        )
-    return resolved
-
-
-def resolve_batches(cfg: TrainConfig, mesh: MeshConfig) -> TrainConfig:
-    """Check the batch identity on the resolved mesh and fill in derived per-device batches."""
-    dp = mesh.data * mesh.fsdp
-    errors = batch_errors(cfg, dp)
-    _raise(errors)
-    stages = dict(cfg.stages)
-    for name, st in _run_stages(cfg):
-        stages[name] = dataclasses.replace(
-            st,
-            per_device_batch_size=st.per_device_batch_size
-            or st.global_batch_size // (st.grad_accum_steps * dp),
-        )
-    return dataclasses.replace(cfg, stages=stages, mesh=mesh)
-
-
 def _check_stages(cfg: TrainConfig, errors: list[str]) -> None:
     if not cfg.run_stages:
         errors.append("run_stages is empty: name at least one of stages")
@@ -229,7 +194,7 @@ def _check_stages(cfg: TrainConfig, errors: list[str]) -> None:
             )
     if dp is not None:  # known before start-up unless the mesh is sized from the devices
         errors.extend(batch_errors(cfg, dp))
-    for name, st in _run_stages(cfg):
+    for name, st in trained_stages(cfg):
         key = f"stages.{name}"
         if st.dataset not in ("train", "pretrain"):
             errors.append(f"{key}.dataset={st.dataset!r} is not one of ['train', 'pretrain']")
@@ -355,7 +320,7 @@ def _check_runtime(cfg: TrainConfig, errors: list[str]) -> None:
     if min(mesh.data, mesh.tensor) < 1 or min(mesh.fsdp, mesh.num_devices) < 0:
         errors.append(f"mesh axes must be >= 1 (fsdp, num_devices: 0 = auto), got {mesh}")
     elif data_parallel_size(cfg) is None:
-        pass  # sized from the runtime's devices at start-up (resolve_mesh)
+        pass  # sized from the runtime's devices at start-up (backends/mesh.py resolve_mesh)
     elif mesh.data * mesh.fsdp * mesh.tensor != mesh.num_devices:
         errors.append(
             f"mesh.data={mesh.data} x mesh.fsdp={mesh.fsdp} x mesh.tensor={mesh.tensor} != "
@@ -375,7 +340,7 @@ def _check_runtime(cfg: TrainConfig, errors: list[str]) -> None:
             "mesh.tensor=1)"
         )
     if cfg.model.llm.dtype != "float32":
-        for name, st in _run_stages(cfg):
+        for name, st in trained_stages(cfg):
             if st.train_llm:
                 errors.append(
                     f"model.llm.dtype={cfg.model.llm.dtype} while stage {name} trains the LLM: "
@@ -400,7 +365,8 @@ def _check_runtime(cfg: TrainConfig, errors: list[str]) -> None:
         )
 
 
-def _raise(errors: list[str]) -> None:
+def raise_errors(errors: list[str]) -> None:
+    """One ConfigError listing ``errors`` (one line each), if there are any."""
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
@@ -411,7 +377,7 @@ def validate_model(cfg: TrainConfig) -> None:
 
     errors: list[str] = []
     _check_model(cfg, errors)
-    _raise(errors)
+    raise_errors(errors)
 
 
 def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
@@ -426,4 +392,4 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     _check_mixture(cfg, errors)
     if check_paths:
         _check_data(cfg, errors)
-    _raise(errors)
+    raise_errors(errors)

@@ -186,7 +186,7 @@ def test_validation_missing_data_path(compose, tmp_path):
 
 
 def test_auto_mesh_and_derived_per_device_batch(compose):
-    from cambrian_train.config.validate import resolve_batches, resolve_mesh
+    from cambrian_train.backends.mesh import resolve_batches, resolve_mesh
 
     cfg = compose(["experiment=demo"])
     validate(cfg, check_paths=False)  # auto mesh: the batch identity waits for the devices

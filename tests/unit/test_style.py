@@ -46,3 +46,18 @@ def test_torch_xla_only_imported_in_backends():
             if any(n == "torch_xla" or n.startswith("torch_xla.") for n in names):
                 offenders.append(str(path.relative_to(REPO)))
     assert not offenders, f"torch_xla imported outside backends/: {offenders}"
+
+
+def test_config_imports_neither_models_nor_backends():
+    """config/ sits at the bottom: importing its modules loads no model or backend code (the
+    runtime pieces that backends need, sizing the mesh, live in backends/mesh.py)."""
+    code = (
+        "import sys, cambrian_train.config.schema, cambrian_train.config.validate, "
+        "cambrian_train.config.store\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('cambrian_train.models', "
+        "'cambrian_train.backends'))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == "[]", proc.stdout
