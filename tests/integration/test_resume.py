@@ -1,4 +1,5 @@
-"""Exact resume through the real command line: a crash inside a save, SIGTERM, XLA resharding.
+"""Exact resume through the real command line: a crash inside a save, SIGTERM, XLA resharding,
+FSDP2 over two processes, and an XLA checkpoint continued under FSDP2.
 
 Every test trains the finetune stage of the tiny model for a few steps with a step checkpoint
 every 2 steps, then compares the per-step losses (metrics.jsonl) of an interrupted-and-resumed run
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,9 @@ from cambrian_train.train.resume import CRASH_ENV, committed_steps
 pytestmark = pytest.mark.integration
 XLA_ENV = {"PJRT_DEVICE": "CPU"}
 XLA_STEPS = 8
+FSDP_STEPS = 6
+# two torchrun processes over gloo, float32 compute like the cpu and xla runs
+FSDP = ["backend=cuda_fsdp", "backend.dtype=float32", "data.group_by_length=false"]
 
 
 STEPS = 24  # long enough for a signal to land mid-run
@@ -57,6 +62,22 @@ def launch(args, cwd, env=None, **kwargs):
         stderr=subprocess.STDOUT,
         text=True,
         **kwargs,
+    )
+
+
+def launch_fsdp(args, cwd, env=None):
+    """``launch`` under torchrun: two processes, one thread each, a free rendezvous port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2", f"--master_port={port}"]
+    return subprocess.Popen(
+        [sys.executable, *torchrun, "-m", "cambrian_train", *args],
+        cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -173,3 +194,59 @@ def test_xla_resume_is_exact_and_reshards_4_to_2(synthetic_root, tmp_path):
     assert sorted(resharded) == list(range(5, XLA_STEPS + 1))
     for step in range(5, XLA_STEPS + 1):
         assert resharded[step] == pytest.approx(expected[step], rel=1e-4)
+
+
+def test_fsdp_two_processes_crash_inside_a_save_then_resume_auto_is_exact(synthetic_root, tmp_path):
+    """Both torchrun processes die inside the step-4 save (after their shards and rank files,
+    before the commit); resume=auto restarts both from step 2 and continues exactly."""
+    full = tmp_path / "full" / "run"
+    code, out = finish(launch_fsdp(overrides(synthetic_root, full, FSDP_STEPS, FSDP), tmp_path))
+    assert code == 0, out[-3000:]
+    expected = losses(full)
+    assert sorted(expected) == list(range(1, FSDP_STEPS + 1))
+
+    run = tmp_path / "run"
+    crash = launch_fsdp(
+        overrides(synthetic_root, run, FSDP_STEPS, FSDP), tmp_path, {CRASH_ENV: "4"}
+    )
+    code, out = finish(crash)
+    assert code != 0 and "exitcode  : 13" in out, out[-3000:]
+    stage_root = run / "checkpoints" / "finetune"
+    assert committed_steps(str(stage_root)) == [2]
+    partial = stage_root / "step-00000004.partial"
+    assert {"rank-00000.pt", "rank-00001.pt"} <= {p.name for p in partial.iterdir()}
+    assert not (partial / "COMMITTED").exists()
+
+    resume = overrides(synthetic_root, run, FSDP_STEPS, [*FSDP, "resume=auto"])
+    code, out = finish(launch_fsdp(resume, tmp_path))
+    assert code == 0, out[-3000:]
+    assert "resumed from" in out and "step-00000002" in out
+    resumed = losses(run)
+    assert [resumed[s] for s in range(3, FSDP_STEPS + 1)] == [
+        expected[s] for s in range(3, FSDP_STEPS + 1)
+    ]
+    assert "saved by" not in out  # same process count: each process reads its own rank file
+
+
+@pytest.mark.slow
+def test_xla_checkpoint_continues_under_fsdp(synthetic_root, tmp_path):
+    """A step checkpoint of one XLA host with 4 virtual devices, resumed by two FSDP2 processes:
+    the DCP shards reshard into DTensors, the single sampler cursor is shared out over the two
+    processes, and the continuation's losses match the XLA run's to float32 reduction order."""
+    xla = ["backend=xla_spmd", "data.group_by_length=false"]
+    full = tmp_path / "xla" / "run"
+    env = {**XLA_ENV, "CPU_NUM_DEVICES": "4"}
+    code, out = finish(launch(overrides(synthetic_root, full, XLA_STEPS, xla), tmp_path, env))
+    assert code == 0, out[-3000:]
+    expected = losses(full)
+    ckpt = full / "checkpoints" / "finetune" / "step-00000004"
+
+    fsdp = tmp_path / "fsdp" / "run"
+    resume = overrides(synthetic_root, fsdp, XLA_STEPS, [*FSDP, f"resume={ckpt}"])
+    code, out = finish(launch_fsdp(resume, tmp_path))
+    assert code == 0, out[-3000:]
+    assert "saved by 1 process(es), resumed by 2" in out
+    continued = losses(fsdp)
+    assert sorted(continued) == list(range(5, XLA_STEPS + 1))
+    for step in range(5, XLA_STEPS + 1):
+        assert continued[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-5)
