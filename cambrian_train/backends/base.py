@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 import warnings
 from typing import Dict, Iterable, Iterator, Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import HuggingFaceStorageReader
 
 from cambrian_train.backends.mesh import resolve_mesh
 from cambrian_train.batch import Batch
 from cambrian_train.config.schema import BackendConfig, MeshConfig
 from cambrian_train.fileutil import is_url, local_path
+from cambrian_train.models.weights import materialize_meta
+
+log = logging.getLogger(__name__)
 
 
 class Backend(abc.ABC):
@@ -70,8 +75,32 @@ class Backend(abc.ABC):
         return per_device_batch_size
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Move/shard/wrap a model whose trainable parameters are already marked."""
-        return model.to(self.device)
+        """Move/shard/wrap a model whose trainable parameters are already marked, allocating
+        and loading its deferred (meta-device) weights (models/weights.py)."""
+        materialize_meta(model, self.device)
+        model = model.to(self.device)
+        self.load_deferred(model)
+        return model
+
+    def load_deferred(self, model: nn.Module) -> None:
+        """Read ``model.deferred_weights`` into the placed (possibly sharded) parameters: each
+        process reads only the slices its shards cover."""
+        for deferred in getattr(model, "deferred_weights", []):
+            state = deferred.state_to_load(model)
+            with torch.no_grad():
+                self.dcp_load_hf(state, deferred.checkpoint_dir)
+            log.info(
+                "loaded %d tensors of model.%s from %s",
+                len(state),
+                deferred.prefix,
+                deferred.checkpoint_dir,
+            )
+        model.deferred_weights = []
+
+    def dcp_load_hf(self, state: Dict[str, torch.Tensor], checkpoint_dir: str) -> None:
+        """Load HF safetensors into ``state``'s tensors in place (any sharding)."""
+        with single_process_ok():
+            dcp.load(state, storage_reader=HuggingFaceStorageReader(checkpoint_dir))
 
     def move_batch(self, batch: Batch) -> Batch:
         return batch.to(self.device)

@@ -25,6 +25,7 @@ from torch.distributed.tensor.experimental import implicit_replication
 
 from cambrian_train.backends.base import Backend
 from cambrian_train.models.llm import decoder_layers
+from cambrian_train.models.weights import materialize_meta, move_materialized
 from cambrian_train.registry import BACKENDS
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,16 @@ class CudaFsdpBackend(Backend):
         )
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
+        """FSDP2 units from inside out; a unit whose parameters are still on the meta device
+        (deferred weights) is allocated just before its ``fully_shard``, so one process holds
+        one whole unit at most, then only its shards; the checkpoint is read into the shards."""
+        move_materialized(model, self.device)
         policy = MixedPrecisionPolicy()
         if self.cfg.dtype == "bfloat16":
             policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         shard = dict(mesh=self.device_mesh, mp_policy=policy)
         for layer in decoder_layers(model.llm):
+            materialize_meta(layer, self.device)
             fully_shard(layer, **shard)
         for tower in model.towers.values():
             fully_shard(tower, **shard)
@@ -83,7 +88,9 @@ class CudaFsdpBackend(Backend):
         for sampler in getattr(model.connector, "vision_sampler_layers", []):
             fully_shard(sampler, **shard)
         fully_shard(model.connector, **shard)
+        materialize_meta(model, self.device)  # the root unit: embeddings, head, final norm
         fully_shard(model, **shard)
+        self.load_deferred(model)
         if self.cfg.compile:
             for layer in decoder_layers(model.llm):
                 layer.compile()

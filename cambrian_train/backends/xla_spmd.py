@@ -30,10 +30,12 @@ import torch_xla.experimental.distributed_checkpoint as xla_dcp
 import torch_xla.runtime as xr
 import torch_xla.utils.checkpoint as xla_checkpoint
 from torch import nn
+from torch.distributed.checkpoint import HuggingFaceStorageReader
 
 from cambrian_train.backends.base import Backend, dcp_storage
 from cambrian_train.backends.sharding import plan_sharding, sharding_rules
 from cambrian_train.batch import Batch
+from cambrian_train.models.weights import materialize_meta
 from cambrian_train.registry import BACKENDS
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,9 @@ class XlaSpmdBackend(Backend):
         return per_device_batch_size * data_parallel // self.world_size
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Parameters onto the device and marked sharded; deferred (meta) ones are allocated
+        lazily, so they only ever exist as shards, then the checkpoint is read into them."""
+        materialize_meta(model, self.device)
         model = model.to(self.device)
         rules = sharding_rules(tensor_parallel=self.mesh.tensor > 1)
         plan = plan_sharding(model.named_parameters(), rules)
@@ -114,7 +119,19 @@ class XlaSpmdBackend(Backend):
             log.info(
                 "tensor parallel: %d LLM matrices split over tensor=%d", split, self.mesh.tensor
             )
+        if model.deferred_weights:
+            torch_xla.sync()  # allocate the shards before the load writes into them
+            xm.wait_device_ops()  # and let that finish: the planner reads their layout
+            self.load_deferred(model)
         return model
+
+    def dcp_load_hf(self, state, checkpoint_dir: str) -> None:
+        dcp.load(
+            state,
+            storage_reader=HuggingFaceStorageReader(checkpoint_dir),
+            planner=xla_dcp.SPMDLoadPlanner(),
+        )
+        torch_xla.sync()
 
     def input_sharding(self, batch: Batch) -> dict:
         """Per-key specs for a host batch: every tensor's batch dimension over all mesh axes,

@@ -7,6 +7,7 @@ against the config fields that pre-flight validation relied on.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from transformers import (
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from cambrian_train.config.schema import LLMConfig
+from cambrian_train.models.weights import meta_parameters
 from cambrian_train.registry import LLMS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -31,10 +33,21 @@ AttentionInterface.register(CAUSAL_SDPA, sdpa_attention_forward)
 
 
 @LLMS.register("hf_causal_lm")
-def load_causal_lm(cfg: LLMConfig, pretrained: bool = True) -> PreTrainedModel:
+def load_causal_lm(
+    cfg: LLMConfig, pretrained: bool = True, deferred: bool = False
+) -> PreTrainedModel:
     """``AutoModelForCausalLM.from_pretrained(cfg.checkpoint)`` with depth/width checks, or,
-    with ``pretrained=False``, the same architecture built from ``cfg.architecture``."""
-    if pretrained:
+    with ``pretrained=False``, the same architecture built from ``cfg.architecture``.
+
+    ``deferred=True``: the checkpoint's architecture with every parameter on the meta device
+    (models/weights.py); the backend allocates them sharded and loads the checkpoint's
+    safetensors into the shards (``checkpoint_dir`` names the files).
+    """
+    if deferred:
+        config = AutoConfig.from_pretrained(checkpoint_dir(cfg.checkpoint))
+        with meta_parameters():
+            model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype])
+    elif pretrained:
         model = AutoModelForCausalLM.from_pretrained(cfg.checkpoint, dtype=DTYPES[cfg.dtype])
     elif not cfg.architecture:
         raise ValueError(
@@ -57,6 +70,16 @@ def load_causal_lm(cfg: LLMConfig, pretrained: bool = True) -> PreTrainedModel:
         )
     decoder_layers(model)  # fails early for models without a layer list
     return model
+
+
+def checkpoint_dir(checkpoint: str) -> str:
+    """A local directory holding the checkpoint's config and safetensors: the directory itself,
+    or the hub snapshot (config, index and safetensors files only) in the HF cache."""
+    if os.path.isdir(checkpoint):
+        return checkpoint
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(checkpoint, allow_patterns=["*.json", "*.safetensors"])
 
 
 def load_tokenizer(cfg: LLMConfig):

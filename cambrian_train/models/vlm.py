@@ -48,6 +48,7 @@ class VisionLanguageModel(nn.Module):
             self.image_newline = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
         else:
             self.register_parameter("image_newline", None)
+        self.deferred_weights: List = []  # models/weights.py: loaded by the backend, sharded
         samplers = getattr(connector, "vision_sampler_layers", None)
         self.has_llm_samplers = bool(samplers)
         if self.has_llm_samplers:
