@@ -26,7 +26,8 @@ XLA_ENV = {"PJRT_DEVICE": "CPU"}
 XLA_STEPS = 8
 FSDP_STEPS = 6
 # two torchrun processes over gloo, float32 compute like the cpu and xla runs
-FSDP = ["backend=cuda_fsdp", "backend.dtype=float32", "data.group_by_length=false"]
+FSDP_BACKEND = ["backend=cuda_fsdp", "backend.dtype=float32"]
+FSDP = [*FSDP_BACKEND, "data.group_by_length=false"]
 
 
 STEPS = 24  # long enough for a signal to land mid-run
@@ -232,8 +233,10 @@ def test_fsdp_two_processes_crash_inside_a_save_then_resume_auto_is_exact(synthe
 def test_xla_checkpoint_continues_under_fsdp(synthetic_root, tmp_path):
     """A step checkpoint of one XLA host with 4 virtual devices, resumed by two FSDP2 processes:
     the DCP shards reshard into DTensors, the single sampler cursor is shared out over the two
-    processes, and the continuation's losses match the XLA run's to float32 reduction order."""
-    xla = ["backend=xla_spmd", "data.group_by_length=false"]
+    processes, and the continuation's losses match the XLA run's to float32 reduction order.
+    With the (default) length-grouped sampler: one host's batch of 4 and two processes' batches
+    of 2 cut the same sorted steps, so the global batches are the same records."""
+    xla = ["backend=xla_spmd"]
     full = tmp_path / "xla" / "run"
     env = {**XLA_ENV, "CPU_NUM_DEVICES": "4"}
     code, out = finish(launch(overrides(synthetic_root, full, XLA_STEPS, xla), tmp_path, env))
@@ -242,7 +245,7 @@ def test_xla_checkpoint_continues_under_fsdp(synthetic_root, tmp_path):
     ckpt = full / "checkpoints" / "finetune" / "step-00000004"
 
     fsdp = tmp_path / "fsdp" / "run"
-    resume = overrides(synthetic_root, fsdp, XLA_STEPS, [*FSDP, f"resume={ckpt}"])
+    resume = overrides(synthetic_root, fsdp, XLA_STEPS, [*FSDP_BACKEND, f"resume={ckpt}"])
     code, out = finish(launch_fsdp(resume, tmp_path))
     assert code == 0, out[-3000:]
     assert "saved by 1 process(es), resumed by 2" in out
