@@ -92,20 +92,35 @@ def read_checkpoint_meta(path: str) -> dict:
 
 
 def rng_state(backend) -> dict:
+    """Host RNG states, and the accelerator's tagged with the backend that drew it."""
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "device": backend.device_rng_state(),
+        "device_backend": backend.name,
     }
 
 
 def set_rng_state(backend, state: dict) -> None:
+    """Restore :func:`rng_state`. A device RNG state is only meaningful to the backend that saved
+    it (XLA: a seed integer, CUDA: a byte tensor), so one from another backend is left out with a
+    warning; checkpoints without the tag count as this backend's."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if state.get("device") is not None:
-        backend.set_device_rng_state(state["device"])
+    if state.get("device") is None:
+        return
+    saved_by = state.get("device_backend", backend.name)
+    if saved_by != backend.name:
+        log.warning(
+            "resume: the device RNG state was saved by backend %s, not restored under %s (device "
+            "random draws such as dropout differ from the saved run's)",
+            saved_by,
+            backend.name,
+        )
+        return
+    backend.set_device_rng_state(state["device"])
 
 
 def tensor_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Dict:
