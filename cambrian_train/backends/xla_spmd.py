@@ -30,12 +30,15 @@ import torch_xla.experimental.distributed_checkpoint as xla_dcp
 import torch_xla.runtime as xr
 import torch_xla.utils.checkpoint as xla_checkpoint
 from torch import nn
-from torch.distributed.checkpoint import HuggingFaceStorageReader
 
 from cambrian_train.backends.base import Backend, dcp_storage
 from cambrian_train.backends.sharding import plan_sharding, sharding_rules
 from cambrian_train.batch import Batch
-from cambrian_train.models.weights import materialize_meta
+from cambrian_train.models.weights import (
+    move_materialized,
+    parameter_locations,
+    read_tensors,
+)
 from cambrian_train.registry import BACKENDS
 
 log = logging.getLogger(__name__)
@@ -105,33 +108,58 @@ class XlaSpmdBackend(Backend):
         return per_device_batch_size * data_parallel // self.world_size
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Parameters onto the device and marked sharded; deferred (meta) ones are allocated
-        lazily, so they only ever exist as shards, then the checkpoint is read into them."""
-        materialize_meta(model, self.device)
-        model = model.to(self.device)
+        """Parameters onto the device, sharded from the rule table. Deferred (meta) LLM
+        parameters are created from the checkpoint already sharded: each tensor is read on
+        the host once (one at a time) and only its shards are transferred, so no device and no
+        host ever holds more than its shards plus one tensor."""
         rules = sharding_rules(tensor_parallel=self.mesh.tensor > 1)
         plan = plan_sharding(model.named_parameters(), rules)
+        move_materialized(model, self.device)
+        loaded = set()
+        for deferred in model.deferred_weights:
+            loaded |= self._load_sharded(model, deferred, plan)
+        model.deferred_weights = []
         for name, param in model.named_parameters():
-            if any(axis is not None for axis in plan[name]):
+            if id(param) not in loaded and any(axis is not None for axis in plan[name]):
                 xs.mark_sharding(param, self.spmd_mesh, plan[name])
         split = sum("tensor" in spec for spec in plan.values())
         if self.mesh.tensor > 1:
             log.info(
                 "tensor parallel: %d LLM matrices split over tensor=%d", split, self.mesh.tensor
             )
-        if model.deferred_weights:
-            torch_xla.sync()  # allocate the shards before the load writes into them
-            xm.wait_device_ops()  # and let that finish: the planner reads their layout
-            self.load_deferred(model)
         return model
 
-    def dcp_load_hf(self, state, checkpoint_dir: str) -> None:
-        dcp.load(
-            state,
-            storage_reader=HuggingFaceStorageReader(checkpoint_dir),
-            planner=xla_dcp.SPMDLoadPlanner(),
-        )
+    def _load_sharded(self, model: nn.Module, deferred, plan: dict) -> set:
+        """Create ``deferred``'s parameters sharded from its checkpoint; returns their ids."""
+        module = model.get_submodule(deferred.prefix)
+        loaded = set()
+        state = deferred.state_to_load(model)  # checkpoint name -> meta parameter
+        where = parameter_locations(module)
+        names = {id(p): n for n, p in model.named_parameters()}  # the plan's name of each
+        for name, tensor in read_tensors(deferred.checkpoint_dir, sorted(state)):
+            meta = state[name]
+            spec = plan[names[id(meta)]]
+            host = tensor.to(meta.dtype)
+            if any(axis is not None for axis in spec):
+                sharding = xs.ShardingSpec(self.spmd_mesh, _one_axis(spec))
+                value = xm.send_cpu_data_to_device(host, self.device, input_sharding=sharding)[0]
+                if _one_axis(spec) != tuple(spec):  # reshard on the device, one tensor at a time
+                    xs.clear_sharding(value)
+                    xs.mark_sharding(value, self.spmd_mesh, spec)
+            else:
+                value = host.to(self.device)
+            param = nn.Parameter(value, requires_grad=meta.requires_grad)
+            loaded.add(id(param))
+            for sub, attr in where[id(meta)]:
+                sub._parameters[attr] = param
         torch_xla.sync()
+        log.info(
+            "loaded %d tensors of model.%s from %s (sharded on transfer)",
+            len(state),
+            deferred.prefix,
+            deferred.checkpoint_dir,
+        )
+        return loaded
 
     def input_sharding(self, batch: Batch) -> dict:
         """Per-key specs for a host batch: every tensor's batch dimension over all mesh axes,
@@ -215,6 +243,14 @@ class XlaSpmdBackend(Backend):
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _one_axis(spec: tuple) -> tuple:
+    """``spec`` with only its first sharded dimension kept: what the tensor is split by on its
+    way to the devices (torch_xla 2.9's transfer cannot slice a tensor split on two dimensions
+    of a 3-axis mesh); ``mark_sharding`` then gives it the whole spec on the device."""
+    first = next(k for k, axis in enumerate(spec) if axis is not None)
+    return tuple(axis if k == first else None for k, axis in enumerate(spec))
 
 
 def _init_process_group() -> None:

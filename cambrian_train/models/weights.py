@@ -117,11 +117,46 @@ def materialize_meta(module: nn.Module, device: torch.device) -> None:
 
 
 def move_materialized(module: nn.Module, device: torch.device) -> None:
-    """``module.to(device)`` for everything that is not on the meta device."""
+    """``module.to(device)`` for everything that is not on the meta device (a moved parameter
+    is a new Parameter, as ``Module.to`` makes across device types; tied ones stay tied)."""
+    moved: Dict[int, nn.Parameter] = {}
     for sub in module.modules():
-        for param in sub._parameters.values():
-            if param is not None and not param.is_meta and param.device != device:
-                param.data = param.data.to(device)
+        for name, param in list(sub._parameters.items()):
+            if param is None or param.is_meta or param.device == device:
+                continue
+            if id(param) not in moved:
+                value = param.detach().to(device)
+                moved[id(param)] = nn.Parameter(value, requires_grad=param.requires_grad)
+            sub._parameters[name] = moved[id(param)]
         for name, buffer in sub._buffers.items():
             if buffer is not None and not buffer.is_meta:
                 sub._buffers[name] = buffer.to(device)
+
+
+def parameter_locations(module: nn.Module) -> Dict[int, List[tuple]]:
+    """id(parameter) → every (submodule, attribute) holding it (tied parameters: several)."""
+    where: Dict[int, List[tuple]] = {}
+    for sub in module.modules():
+        for name, param in sub._parameters.items():
+            if param is not None:
+                where.setdefault(id(param), []).append((sub, name))
+    return where
+
+
+def read_tensors(checkpoint_dir: str, names: List[str]) -> Iterator[tuple]:
+    """(name, CPU tensor) for ``names``, one at a time, file by file (safetensors mmap)."""
+    from safetensors import safe_open
+
+    index = os.path.join(checkpoint_dir, SAFETENSORS_INDEX)
+    if os.path.isfile(index):
+        with open(index) as handle:
+            weight_map = json.load(handle)["weight_map"]
+    else:
+        weight_map = {name: SAFETENSORS_FILE for name in names}
+    by_file: Dict[str, List[str]] = {}
+    for name in names:
+        by_file.setdefault(weight_map[name], []).append(name)
+    for file, file_names in sorted(by_file.items()):
+        with safe_open(os.path.join(checkpoint_dir, file), framework="pt") as handle:
+            for name in file_names:
+                yield name, handle.get_tensor(name)
