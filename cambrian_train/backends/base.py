@@ -111,7 +111,7 @@ class Backend(abc.ABC):
 
     def enable_gradient_checkpointing(self, model: nn.Module) -> None:
         """Recompute decoder-layer activations in the backward pass."""
-        model.llm.gradient_checkpointing_enable({"use_reentrant": False})
+        model.set_gradient_checkpointing(True)
 
     def compile_count(self) -> Optional[int]:
         """Graph compilations so far, where the backend compiles (XLA); None elsewhere."""

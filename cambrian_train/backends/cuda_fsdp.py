@@ -24,7 +24,6 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.experimental import implicit_replication
 
 from cambrian_train.backends.base import Backend
-from cambrian_train.models.llm import decoder_layers
 from cambrian_train.models.weights import materialize_meta, move_materialized
 from cambrian_train.registry import BACKENDS
 
@@ -78,22 +77,15 @@ class CudaFsdpBackend(Backend):
         if self.cfg.dtype == "bfloat16":
             policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         shard = dict(mesh=self.device_mesh, mp_policy=policy)
-        for layer in decoder_layers(model.llm):
-            materialize_meta(layer, self.device)
-            fully_shard(layer, **shard)
-        for tower in model.towers.values():
-            fully_shard(tower, **shard)
-        # SVA layers inside the LLM are called from decoder-layer hooks, not through the
-        # connector's forward: they gather their own parameters
-        for sampler in getattr(model.connector, "vision_sampler_layers", []):
-            fully_shard(sampler, **shard)
-        fully_shard(model.connector, **shard)
+        for unit in model.shard_units():
+            materialize_meta(unit, self.device)
+            fully_shard(unit, **shard)
         materialize_meta(model, self.device)  # the root unit: embeddings, head, final norm
         fully_shard(model, **shard)
         self.load_deferred(model)
         if self.cfg.compile:
-            for layer in decoder_layers(model.llm):
-                layer.compile()
+            for unit in model.compile_units():
+                unit.compile()
         return model
 
     @contextlib.contextmanager

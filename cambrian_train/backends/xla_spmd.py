@@ -183,12 +183,9 @@ class XlaSpmdBackend(Backend):
         return (_unflatten(dict(b)) for b in loader)
 
     def enable_gradient_checkpointing(self, model: nn.Module) -> None:
-        model.llm._set_gradient_checkpointing(
-            enable=True,
-            gradient_checkpointing_func=functools.partial(
-                xla_checkpoint.checkpoint,
-                use_reentrant=True,  # the only mode torch_xla has
-            ),
+        # torch_xla's checkpoint: reentrant is the only mode it has
+        model.set_gradient_checkpointing(
+            True, functools.partial(xla_checkpoint.checkpoint, use_reentrant=True)
         )
 
     def micro_step_done(self) -> None:

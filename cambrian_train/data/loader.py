@@ -124,8 +124,12 @@ class BatchStream:
         return next(self._batches)
 
     def close(self) -> None:
-        """Stop the loader's workers now."""
-        self._batches.close()
+        """Stop the loader's workers now (unless a prefetching thread, such as XLA's device
+        loader, is inside the stream at this moment: then they stop when it is dropped)."""
+        try:
+            self._batches.close()
+        except ValueError:  # "generator already executing" in another thread
+            log.debug("batch stream busy in a prefetch thread; its workers stop with it")
 
     def __enter__(self) -> BatchStream:
         return self

@@ -26,10 +26,21 @@ from cambrian_train.registry import LLMS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-# HF's own SDPA attention under a name with no mask function registered: HF then builds no mask
-# and SDPA runs with is_causal (train/step.py's right-padded batches; see causal_attention).
+
+def _causal_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """HF's SDPA attention with query and key in the value's dtype: under autocast the
+    projections come out in bf16, but RoPE's float32 cos/sin promote query and key back to
+    float32, and where autocast does not cover SDPA (XLA) the three would disagree."""
+    dtype = value.dtype
+    return sdpa_attention_forward(
+        module, query.to(dtype), key.to(dtype), value, attention_mask, **kwargs
+    )
+
+
+# Registered under a name with no mask function: HF then builds no mask and SDPA runs with
+# is_causal (train/step.py's right-padded batches; see causal_attention).
 CAUSAL_SDPA = "cambrian_causal_sdpa"
-AttentionInterface.register(CAUSAL_SDPA, sdpa_attention_forward)
+AttentionInterface.register(CAUSAL_SDPA, _causal_sdpa)
 
 
 @LLMS.register("hf_causal_lm")

@@ -24,7 +24,7 @@ from cambrian_train.models.connectors.interleave import (
     LLMVisionContext,
     attach_samplers,
 )
-from cambrian_train.models.llm import causal_attention
+from cambrian_train.models.llm import causal_attention, decoder_layers
 from cambrian_train.models.multimodal import scatter_at
 from cambrian_train.models.vision.base import ImageSpec, VisionTower
 
@@ -53,6 +53,34 @@ class VisionLanguageModel(nn.Module):
         self.has_llm_samplers = bool(samplers)
         if self.has_llm_samplers:
             attach_samplers(llm, samplers, connector.insert_after)
+
+    # -- what backends apply their policies to (they never reach into the parts) ----------------
+    def shard_units(self) -> List[nn.Module]:
+        """The model's sharding units, innermost first (each is gathered whole in turn under
+        FSDP): every decoder layer, every tower, every in-LLM SVA layer (run from decoder-layer
+        hooks, not through the connector's forward), the connector. The root holds the rest
+        (embeddings, head, final norm, image newline)."""
+        units: List[nn.Module] = list(decoder_layers(self.llm))
+        units += list(self.towers.values())
+        units += list(getattr(self.connector, "vision_sampler_layers", []))
+        units.append(self.connector)
+        return units
+
+    def compile_units(self) -> List[nn.Module]:
+        """Blocks worth compiling one by one (identical decoder layers)."""
+        return list(decoder_layers(self.llm))
+
+    def set_gradient_checkpointing(self, enabled: bool, checkpoint_fn=None) -> None:
+        """Recompute decoder-layer activations in the backward pass, with the backend's
+        ``checkpoint_fn`` (default: torch's non-reentrant checkpoint)."""
+        if not enabled:
+            self.llm.gradient_checkpointing_disable()
+        elif checkpoint_fn is None:
+            self.llm.gradient_checkpointing_enable({"use_reentrant": False})
+        else:
+            self.llm._set_gradient_checkpointing(
+                enable=True, gradient_checkpointing_func=checkpoint_fn
+            )
 
     @property
     def slot_len(self) -> int:

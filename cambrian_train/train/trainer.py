@@ -21,6 +21,7 @@ from tqdm import tqdm
 from cambrian_train.backends.base import Backend
 from cambrian_train.batch import Batch
 from cambrian_train.config.schema import StageConfig
+from cambrian_train.models.llm import causal_attention
 from cambrian_train.train.metrics import RunLogger
 from cambrian_train.train.optim import build_optimizer, build_scheduler
 from cambrian_train.train.preempt import Preempted, StopSignal
@@ -126,37 +127,41 @@ def train_stage(
     show_bar = backend.is_main and run_logger.cfg.progress_bar
     bar = tqdm(total=total_steps, initial=start_step, desc=stage.name, disable=not show_bar)
     start = time.perf_counter()
-    for step in range(start_step + 1, total_steps + 1):
-        transfers = backend.transfer_count()
-        out = train_step(feed)
-        report.record(out)
-        scheduler.step()
-        backend.step_done()
-        if transfers is not None:
-            transfers = backend.transfer_count() - transfers
-        report.after_step(step, transfers or 0)
-        bar.update(1)
-        last = step == total_steps
-        is_log_step = step % stage.log_every == 0 or last or step == start_step + 1
-        stopping = persistence is not None and _stop_agreed(backend, persistence, is_log_step)
-        if is_log_step or stopping:
-            lrs = {g["name"]: float(g["lr"]) for g in optimizer.param_groups}
-            report.flush(step, out, lrs)
-            bar.set_postfix(loss=f"{report.final_loss:.4f}")
-            if step % stage.log_every == 0 or last:
-                (bar.write if show_bar else log.info)(report.line)
-        if persistence is not None and not last:
-            due = persistence.save_every and step % persistence.save_every == 0
-            if due or stopping:
-                meta = {"total_steps": total_steps, "counters": report.counters()}
-                path = persistence.checkpointer.save(step, model, optimizer, cursor, meta)
-                if stopping:
-                    bar.close()
-                    raise Preempted(
-                        f"stage {stage.name}: stopped by {persistence.stop.signal_name or 'a peer'}"
-                        f" after step {step}/{total_steps}; state saved to {path}",
-                        path,
-                    )
+    # the LLM attends causally without a padding mask for the whole stage, so activation
+    # recomputation in the backward runs the same attention as the forward (models/llm.py)
+    with causal_attention(model.llm):
+        for step in range(start_step + 1, total_steps + 1):
+            transfers = backend.transfer_count()
+            out = train_step(feed)
+            report.record(out)
+            scheduler.step()
+            backend.step_done()
+            if transfers is not None:
+                transfers = backend.transfer_count() - transfers
+            report.after_step(step, transfers or 0)
+            bar.update(1)
+            last = step == total_steps
+            is_log_step = step % stage.log_every == 0 or last or step == start_step + 1
+            stopping = persistence is not None and _stop_agreed(backend, persistence, is_log_step)
+            if is_log_step or stopping:
+                lrs = {g["name"]: float(g["lr"]) for g in optimizer.param_groups}
+                report.flush(step, out, lrs)
+                bar.set_postfix(loss=f"{report.final_loss:.4f}")
+                if step % stage.log_every == 0 or last:
+                    (bar.write if show_bar else log.info)(report.line)
+            if persistence is not None and not last:
+                due = persistence.save_every and step % persistence.save_every == 0
+                if due or stopping:
+                    meta = {"total_steps": total_steps, "counters": report.counters()}
+                    path = persistence.checkpointer.save(step, model, optimizer, cursor, meta)
+                    if stopping:
+                        bar.close()
+                        by = persistence.stop.signal_name or "a peer"
+                        raise Preempted(
+                            f"stage {stage.name}: stopped by {by} after step {step}/"
+                            f"{total_steps}; state saved to {path}",
+                            path,
+                        )
     bar.close()
     seconds = time.perf_counter() - start
     skipped = int(report.skipped_total)
@@ -165,7 +170,7 @@ def train_stage(
             "stage %s: %d step(s) skipped: non-finite loss or gradient", stage.name, skipped
         )
     if stage.gradient_checkpointing:
-        model.llm.gradient_checkpointing_disable()
+        model.set_gradient_checkpointing(False)
     return StageResult(
         stage.name,
         total_steps,

@@ -115,19 +115,28 @@ def _xla_run(synthetic_root, out, *overrides):
 
 
 def test_no_transfers_in_steps_and_graphs_independent_of_accumulation(synthetic_root, tmp_path):
-    """log_every=3: zero device->host transfers inside every step; the compile count and the
-    largest compiled graph are the same with 2 and 4 accumulated micro-batches (one graph per
-    micro-step, not an unrolled one per optimiser step)."""
+    """As the paper presets run (bf16 autocast, float32 master weights, gradient
+    checkpointing), log_every=3: zero device->host transfers inside every step; the compile
+    count and the largest compiled graph are the same with 2 and 4 accumulated micro-batches
+    (one graph per micro-step, not an unrolled one per optimiser step); the trained weights
+    stay float32."""
+    from safetensors import safe_open
+
     seen = {}
     for accum in (2, 4):
+        out = tmp_path / f"accum{accum}"
         rows, _ = _xla_run(
             synthetic_root,
-            tmp_path / f"accum{accum}",
+            out,
+            "backend.dtype=bfloat16",
+            "stages.finetune.gradient_checkpointing=true",
             "stages.finetune.max_steps=6",
             "stages.finetune.log_every=3",
             "stages.finetune.global_batch_size=16",
             f"stages.finetune.grad_accum_steps={accum}",
         )
+        with safe_open(str(out / "finetune/checkpoint/trainable.safetensors"), "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
         logged = [r for r in rows if "d2h_in_steps" in r]
         assert [r["step"] for r in logged] == [1, 3, 6]
         assert all(r["d2h_in_steps"] == 0 for r in logged), logged
