@@ -100,9 +100,14 @@ def wrapper_script(spec: RunSpec) -> str:
     """The bash script tmux runs: trainer in its own process group, pid/log/exit files."""
     s = spec.session
     log, pid, code = _file(s, "log"), _file(s, "pid"), _file(s, "exit")
-    exports = ["export PJRT_DEVICE=TPU"] + [
-        f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()
-    ]
+    exports = [
+        "export PJRT_DEVICE=TPU",
+        # this worker's index, so only worker 0 writes Hydra's files (cli.py): the TPU VM's
+        # metadata attribute agent-worker-number, unless the environment already has one
+        "export CAMBRIAN_PROCESS_INDEX=${CAMBRIAN_PROCESS_INDEX:-${TPU_WORKER_ID:-$(curl -sf "
+        "--max-time 5 -H 'Metadata-Flavor: Google' http://metadata.google.internal/computeMetadata/v1/"
+        "instance/attributes/agent-worker-number || echo 0)}}",
+    ] + [f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()]
     workdir = remote_path(spec.workdir)
     lines = [
         "#!/usr/bin/env bash",
