@@ -42,6 +42,7 @@ class MaskedAdamW(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
+            lr = on_device = None  # the group's lr, moved to the device once per step
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -50,15 +51,16 @@ class MaskedAdamW(torch.optim.Optimizer):
                     state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                self._update(p, state, group, beta1, beta2, apply)
+                if on_device != p.device:
+                    lr, on_device = group["lr"], p.device
+                    if isinstance(lr, torch.Tensor):
+                        lr = lr.to(device=p.device, dtype=torch.float32)
+                self._update(p, state, group, lr, beta1, beta2, apply)
         return loss
 
     @staticmethod
-    def _update(p, state, group, beta1: float, beta2: float, apply) -> None:
+    def _update(p, state, group, lr, beta1: float, beta2: float, apply) -> None:
         grad = p.grad
-        lr = group["lr"]
-        if isinstance(lr, torch.Tensor):
-            lr = lr.to(device=p.device, dtype=torch.float32)
         step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
         if apply is None:
             on = torch.ones((), dtype=torch.float32, device=p.device)

@@ -19,6 +19,18 @@ from cambrian_train.models.weights import (
 )
 
 
+def _config(tied: bool = False) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
+
+
 def _save_sharded(model, out, files=2):
     """save_pretrained's layout by hand: tensors split over ``files`` files + the index."""
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -34,14 +46,7 @@ def _save_sharded(model, out, files=2):
 
 
 def test_meta_parameters_keep_buffers_real():
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    config = _config()
     reference = LlamaForCausalLM(config)
     with meta_parameters():
         model = AutoModelForCausalLM.from_config(config)
@@ -56,15 +61,7 @@ def test_meta_parameters_keep_buffers_real():
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_sharded_index_loads_into_a_deferred_llm(tmp_path, tied):
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tied,
-    )
+    config = _config(tied)
     torch.manual_seed(0)
     reference = LlamaForCausalLM(config)
     _save_sharded(reference, tmp_path)
@@ -88,14 +85,7 @@ def test_sharded_index_loads_into_a_deferred_llm(tmp_path, tied):
 
 
 def test_a_missing_tensor_names_the_checkpoint(tmp_path):
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    config = _config()
     reference = LlamaForCausalLM(config)
     state = {k: v for k, v in reference.state_dict().items() if "layers.1.mlp" not in k}
     save_file(state, str(tmp_path / "model.safetensors"))
