@@ -148,7 +148,6 @@ class StepLog:
         self.final_loss = losses[-1]
         self.pending, self.d2h_in_steps = [], 0
         self.window_start, self.window_tokens, self.window_samples = time.perf_counter(), 0, 0
-        self.metrics = metrics
         lr = next(iter(lrs.values()), float("nan"))
         self.line = (
             f"[{stage.name}] step {step}/{self.total_steps} loss {self.final_loss:.4f} "
