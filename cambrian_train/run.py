@@ -92,7 +92,7 @@ def run_stage(
 ):
     """Train one stage; returns (results dict, checkpoint dir, model)."""
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, defer_llm_weights=True)  # LLM loaded sharded by the backend
+    model = build_model(cfg.model, defer_weights=True)  # loaded sharded by the backend
     init_digest = load_connector(model, init_from) if init_from else None
     if init_from:
         log.info(

@@ -2,7 +2,7 @@
 
 Builds (once) a random Llama of about 1.5B parameters saved as sharded bf16 safetensors with an
 index (the layout of a hub checkpoint), then loads it the way training does — the VLM built with
-``defer_llm_weights=True`` and ``backend.prepare_model`` — and reports each process's peak RSS
+``defer_weights=True`` and ``backend.prepare_model`` — and reports each process's peak RSS
 against the model's float32 size:
 
     python tools/bench_load.py                      # all rows below
@@ -91,7 +91,7 @@ def worker(args) -> None:
     backend.setup()
     baseline = rss_gib()
     start = time.perf_counter()
-    model = build_model(cfg.model, defer_llm_weights=not args.full)
+    model = build_model(cfg.model, defer_weights=not args.full)
     model = backend.prepare_model(model)
     seconds = time.perf_counter() - start
     local = 0

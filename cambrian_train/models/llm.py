@@ -7,7 +7,6 @@ against the config fields that pre-flight validation relied on.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 from torch import nn
@@ -21,7 +20,7 @@ from transformers import (
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from cambrian_train.config.schema import LLMConfig
-from cambrian_train.models.weights import meta_parameters
+from cambrian_train.models.weights import checkpoint_dir, meta_parameters
 from cambrian_train.registry import LLMS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -81,16 +80,6 @@ def load_causal_lm(
         )
     decoder_layers(model)  # fails early for models without a layer list
     return model
-
-
-def checkpoint_dir(checkpoint: str) -> str:
-    """A local directory holding the checkpoint's config and safetensors: the directory itself,
-    or the hub snapshot (config, index and safetensors files only) in the HF cache."""
-    if os.path.isdir(checkpoint):
-        return checkpoint
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(checkpoint, allow_patterns=["*.json", "*.safetensors"])
 
 
 def load_tokenizer(cfg: LLMConfig):

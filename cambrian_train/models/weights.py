@@ -25,6 +25,16 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_FILE = "model.safetensors"
 
 
+def checkpoint_dir(checkpoint: str) -> str:
+    """A local directory holding the checkpoint's config and safetensors: the directory itself,
+    or the hub snapshot (config, index and safetensors files only) in the HF cache."""
+    if os.path.isdir(checkpoint):
+        return checkpoint
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(checkpoint, allow_patterns=["*.json", "*.safetensors"])
+
+
 @contextlib.contextmanager
 def meta_parameters() -> Iterator[None]:
     """Within: every parameter a module registers is created on the meta device (no memory);
@@ -94,6 +104,14 @@ class DeferredWeights:
                 f"model.{self.prefix}, e.g. {missing[:3]} (names must match the model's state dict)"
             )
         return state
+
+
+def has_safetensors(checkpoint_dir: str) -> bool:
+    """Whether ``checkpoint_dir`` holds HF safetensors (what deferred loading reads)."""
+    return any(
+        os.path.isfile(os.path.join(checkpoint_dir, name))
+        for name in (SAFETENSORS_INDEX, SAFETENSORS_FILE)
+    )
 
 
 def has_meta_parameters(model: nn.Module) -> bool:

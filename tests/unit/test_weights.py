@@ -99,16 +99,20 @@ def test_a_missing_tensor_names_the_checkpoint(tmp_path):
 
 
 def test_training_build_equals_from_pretrained(compose, tiny_overrides):
-    """The deferred build + the cpu backend's load gives the from_pretrained LLM exactly."""
+    """The deferred build + the cpu backend's load gives the from_pretrained LLM and HF towers
+    exactly; the connector (built fresh, seeded) is not deferred."""
     cfg = compose(tiny_overrides)
     full = build_model(cfg.model)
-    deferred = build_model(cfg.model, defer_llm_weights=True)
-    assert has_meta_parameters(deferred.llm) and not has_meta_parameters(deferred.towers)
+    deferred = build_model(cfg.model, defer_weights=True)
+    assert has_meta_parameters(deferred.llm) and has_meta_parameters(deferred.towers)
+    assert not has_meta_parameters(deferred.connector)
+    assert [d.prefix for d in deferred.deferred_weights] == ["llm", "towers.clip.model"]
     backend = build_backend(cfg.backend, cfg.mesh)
     deferred = backend.prepare_model(deferred)
-    assert not deferred.deferred_weights
-    ours = deferred.llm.state_dict()
-    for name, value in full.llm.state_dict().items():
-        assert torch.equal(ours[name], value), name
+    assert not deferred.deferred_weights and not has_meta_parameters(deferred)
+    for part in ("llm", "towers"):
+        ours = deferred.get_submodule(part).state_dict()
+        for name, value in full.get_submodule(part).state_dict().items():
+            assert torch.equal(ours[name], value), f"{part}.{name}"
     files = load_file(f"{cfg.model.llm.checkpoint}/model.safetensors")
-    assert torch.equal(ours["lm_head.weight"], files["lm_head.weight"].float())
+    assert torch.equal(deferred.llm.lm_head.weight, files["lm_head.weight"].float())

@@ -55,6 +55,7 @@ class VisionTower(nn.Module, abc.ABC):
     """
 
     supports_multi_stage = False  # only families with a stage hierarchy (ConvNeXt) set this
+    supports_deferred = False  # True: accepts ``deferred=True`` (meta parameters, loaded sharded)
 
     def __init__(
         self,

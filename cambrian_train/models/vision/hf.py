@@ -1,8 +1,9 @@
 """Vision towers from ``transformers``: CLIP, SigLIP and DINOv2 vision encoders.
 
-Weights load with ``from_pretrained`` (hub name or local directory) and the image mean/std with
-``AutoImageProcessor.from_pretrained`` from the same checkpoint, so the data pipeline never
-duplicates normalisation constants.
+Weights load with ``from_pretrained`` (hub name or local directory), or for training deferred:
+the architecture with meta parameters, read sharded by the backend (models/weights.py); the
+image mean/std come from ``AutoImageProcessor.from_pretrained`` of the same checkpoint, so the
+data pipeline never duplicates normalisation constants.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from transformers import AutoImageProcessor, CLIPVisionModel, Dinov2Model, Sigli
 
 from cambrian_train.config.schema import VisionTowerConfig
 from cambrian_train.models.vision.base import DTYPES, ImageSpec, VisionTower, split_architecture
+from cambrian_train.models.weights import (
+    DeferredWeights,
+    checkpoint_dir,
+    has_safetensors,
+    meta_parameters,
+)
 from cambrian_train.registry import VISION_TOWERS
 
 
@@ -27,19 +34,37 @@ class HFVisionTower(VisionTower):
     model_class = CLIPVisionModel
     has_cls_token = True
     interpolates_positions = False  # True: any image_size works, not only the checkpoint's
+    supports_deferred = True
 
-    def __init__(self, cfg: VisionTowerConfig, dtype: str = "float32", pretrained: bool = True):
-        if pretrained:
+    def __init__(
+        self,
+        cfg: VisionTowerConfig,
+        dtype: str = "float32",
+        pretrained: bool = True,
+        deferred: bool = False,
+    ):
+        weights: Optional[DeferredWeights] = None
+        source = checkpoint_dir(cfg.checkpoint) if deferred else None
+        if source is not None and has_safetensors(source):
+            # the checkpoint's architecture with meta parameters; the backend loads them
+            # sharded (models/weights.py); a full CLIP/SigLIP checkpoint's vision config and
+            # ``vision_model.*`` tensors are what the vision model reads
+            config = self.model_class.config_class.from_pretrained(source)
+            with meta_parameters():
+                model = self.model_class(config).to(DTYPES[dtype])
+            weights = DeferredWeights("model", source)
+        elif pretrained:
             model = self.model_class.from_pretrained(cfg.checkpoint, dtype=DTYPES[dtype])
+        else:
+            arch, spec = split_architecture(cfg)
+            model = self.model_class(self.model_class.config_class(**arch)).to(DTYPES[dtype])
+        if pretrained or source is not None:
             processor = AutoImageProcessor.from_pretrained(cfg.checkpoint)
             spec = ImageSpec(
                 image_size=cfg.image_size,
                 mean=tuple(float(v) for v in processor.image_mean),
                 std=tuple(float(v) for v in processor.image_std),
             )
-        else:
-            arch, spec = split_architecture(cfg)
-            model = self.model_class(self.model_class.config_class(**arch)).to(DTYPES[dtype])
         vision_cfg = model.config
         if not self.interpolates_positions and vision_cfg.image_size != cfg.image_size:
             raise ValueError(
@@ -54,6 +79,7 @@ class HFVisionTower(VisionTower):
             )
         super().__init__(cfg, vision_cfg.hidden_size, spec, self.has_cls_token)
         self.model = model
+        self.deferred = weights  # models/weights.py: loaded by the backend, sharded
 
     def features(self, pixel_values: torch.Tensor) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         out = self.model(pixel_values=pixel_values.to(self.model.dtype), output_hidden_states=True)
