@@ -76,6 +76,9 @@ class ModelConfig:
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     image_token_len: int = 576  # visual tokens per image handed to the LLM (a perfect square)
     image_newline: bool = True  # learned vector closing every row of the visual grid
+    # tokens per chunk of the next-token loss (models/loss.py: the head runs chunk by chunk and
+    # no [B*L, vocab] logits exist); 0 = the plain full-logits computation
+    loss_chunk_size: int = 512
 
 
 @dataclass

@@ -120,3 +120,22 @@ def causal_attention(llm: PreTrainedModel):
         yield
     finally:
         config._attn_implementation = previous
+
+
+def plain_linear_head(model: PreTrainedModel) -> nn.Linear:
+    """The LLM's output head, checked to be ``logits = hidden @ W.T`` (what the chunked loss
+    computes itself); ValueError for families that scale, cap or bias their logits."""
+    head = model.get_output_embeddings()
+    config = model.config
+    extra = [
+        name
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+        if getattr(config, name, None) not in (None, 1, 1.0)
+    ]
+    if not isinstance(head, nn.Linear) or head.bias is not None or extra:
+        raise ValueError(
+            f"{type(model).__name__}: the output head is not a plain bias-free Linear "
+            f"({type(head).__name__}; {extra or 'bias'}); this LLM family is not supported by "
+            "the chunked next-token loss"
+        )
+    return head

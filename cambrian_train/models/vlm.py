@@ -13,7 +13,6 @@ import math
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -24,7 +23,8 @@ from cambrian_train.models.connectors.interleave import (
     LLMVisionContext,
     attach_samplers,
 )
-from cambrian_train.models.llm import causal_attention, decoder_layers
+from cambrian_train.models.llm import causal_attention, decoder_layers, plain_linear_head
+from cambrian_train.models.loss import token_loss
 from cambrian_train.models.multimodal import scatter_at
 from cambrian_train.models.vision.base import ImageSpec, VisionTower
 
@@ -48,6 +48,7 @@ class VisionLanguageModel(nn.Module):
             self.image_newline = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
         else:
             self.register_parameter("image_newline", None)
+        plain_linear_head(llm)  # the chunked loss applies the head itself
         self.deferred_weights: List = []  # models/weights.py: loaded by the backend, sharded
         samplers = getattr(connector, "vision_sampler_layers", None)
         self.has_llm_samplers = bool(samplers)
@@ -166,17 +167,13 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"reduction={reduction!r}: use 'mean' or 'sum'")
         embeds, context = self.embed(batch)
         with causal_attention(self.llm):  # training batches are right-padded (data/collate.py)
-            logits = self.llm(
+            hidden = self.llm.get_decoder()(
                 inputs_embeds=embeds, use_cache=False, **self.llm_kwargs(context)
-            ).logits  # [B, L, V]
-        targets = batch.labels[:, 1:]
-        total = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(),
-            targets.flatten(),
-            ignore_index=-100,
-            reduction="sum",
+            ).last_hidden_state  # [B, L, D], after the final norm
+        # the head applied chunk by chunk: no [B*L, V] logits (models/loss.py)
+        total, count = token_loss(
+            hidden, self.llm.get_output_embeddings().weight, batch.labels, self.cfg.loss_chunk_size
         )
-        count = (targets != -100).sum().float()
         if reduction == "sum":
             return total, count
         return total / count.clamp(min=1.0)
