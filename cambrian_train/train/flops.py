@@ -1,0 +1,621 @@
+"""Analytic training FLOPs of a VLM step, by part, and model FLOPs utilisation (MFU).
+
+:func:`model_flops` counts the matrix multiplications of one training step of a built
+:class:`~cambrian_train.models.vlm.VisionLanguageModel` from its parts' configs (HF config fields,
+the connector config, the module shapes of timm/open_clip towers). It works on a model built on
+the meta device, so pod-scale presets cost nothing to count. The trainer logs
+``mfu(model_flops(...).total, seconds_per_step, num_devices, peak_tflops(kind))``.
+
+Conventions (those of PaLM/Megatron "model FLOPs", stated so figures can be compared):
+
+- 2 FLOPs per multiply-add. Only matmuls and convolutions count: norms, activations, softmax,
+  residual adds, bilinear resizes, gathers/scatters and the embedding lookup (and its gradient,
+  an index-add) count 0 — as ``torch.utils.flop_counter.FlopCounterMode`` does.
+- Static shapes are counted: every sequence position (padding included) and every image slot
+  (empty ones included), since that is what the step computes.
+- Backward, per matmul ``Y = X @ W``: ``dX`` (as much as the forward) when anything upstream
+  trains, plus ``dW`` (as much again) when ``W`` trains. A fully trained part costs 3× its
+  forward; the LLM of stage 1 (frozen, but the connector's tokens enter at layer 0) costs 2× on
+  its weight matmuls; the first layer of a part fed by frozen inputs (a trained connector after
+  frozen towers, a trained tower's patch embedding) has no ``dX``. A frozen tower runs without an
+  autograd graph (models/vision/base.py): forward only. Activation×activation matmuls (attention
+  ``QK^T`` and ``PV``) cost 2× their forward in the backward (``dQ, dK`` and ``dP, dV``); the
+  score recomputation of flash-style kernels is not a model FLOP (torch's registered SDPA
+  backward formulas count it: 2.5×).
+- Causal attention: with ``causal=True`` (default) the LLM's ``QK^T`` and ``PV`` count half the
+  L×L score matrix (L²/2: what a causal kernel computes; MaxText's convention). ``causal=False``
+  counts the full L² (PaLM/Megatron/torchtitan, and what FlopCounterMode counts). Vision-tower
+  and SVA attention is not causal.
+- ``recompute=True`` adds the forward of the decoder layers (and their SVA layers) once more to
+  the backward: the hardware FLOPs of gradient checkpointing (HFU). MFU uses ``recompute=False``.
+- Under the chunked loss (models/loss.py) the head's gradient matmuls run inside the forward
+  pass; they are reported under ``backward`` here (the total is the same).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Dict, Iterable, List
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Flops:
+    """Forward and backward FLOPs of one piece of a step."""
+
+    forward: float = 0.0
+    backward: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.backward
+
+    def __add__(self, other: Flops) -> Flops:
+        return Flops(self.forward + other.forward, self.backward + other.backward)
+
+    def __mul__(self, k: float) -> Flops:
+        return Flops(self.forward * k, self.backward * k)
+
+    __rmul__ = __mul__
+
+
+def _sum(items: Iterable[Flops]) -> Flops:
+    total = Flops()
+    for f in items:
+        total = total + f
+    return total
+
+
+class FlopsBreakdown:
+    """FLOPs keyed by dotted names (``tower.clip.attention``, ``llm.lm_head``, ...)."""
+
+    def __init__(self) -> None:
+        self.entries: Dict[str, Flops] = defaultdict(Flops)
+
+    def add(self, name: str, flops: Flops) -> None:
+        self.entries[name] = self.entries[name] + flops
+
+    def part(self, prefix: str) -> Flops:
+        """The sum over ``prefix`` and every name below it."""
+        return _sum(f for n, f in self.entries.items() if n == prefix or n.startswith(prefix + "."))
+
+    def parts(self, depth: int = 1) -> Dict[str, Flops]:
+        """Sums grouped by the first ``depth`` name components, in insertion order."""
+        out: Dict[str, Flops] = defaultdict(Flops)
+        for name, f in self.entries.items():
+            key = ".".join(name.split(".")[:depth])
+            out[key] = out[key] + f
+        return dict(out)
+
+    @property
+    def forward(self) -> float:
+        return sum(f.forward for f in self.entries.values())
+
+    @property
+    def backward(self) -> float:
+        return sum(f.backward for f in self.entries.values())
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.backward
+
+    def table(self, depth: int = 2) -> str:
+        """A fixed-width table of ``parts(depth)`` and the total, in GFLOPs (TFLOPs from 10 PF)."""
+        rows = [*self.parts(depth).items(), ("total", Flops(self.forward, self.backward))]
+        scale, unit = (1e12, "TF") if self.total >= 1e16 else (1e9, "GF")
+        width = max(len(name) for name, _ in rows)
+        head = [f"fwd {unit}", f"bwd {unit}", f"total {unit}"]
+        lines = [f"{'part':<{width}}  " + "  ".join(f"{h:>12}" for h in head) + "  share"]
+        for name, f in rows:
+            share = f.total / self.total if self.total else 0.0
+            lines.append(
+                f"{name:<{width}}  {f.forward / scale:12.4f}  {f.backward / scale:12.4f}  "
+                f"{f.total / scale:12.4f}  {share:6.1%}"
+            )
+        return "\n".join(lines)
+
+
+# -- primitives ------------------------------------------------------------------------------
+
+
+def linear_flops(
+    rows: int, d_in: int, d_out: int, *, weight_grad: bool = False, input_grad: bool = False
+) -> Flops:
+    """``[rows, d_in] @ [d_in, d_out]``: forward 2·rows·d_in·d_out; backward that once for
+    ``dX`` (``input_grad``) and once for ``dW`` (``weight_grad``). Bias adds count 0."""
+    fwd = 2.0 * rows * d_in * d_out
+    return Flops(fwd, fwd * (int(weight_grad) + int(input_grad)))
+
+
+def conv2d_flops(
+    out_pixels: int,
+    c_in: int,
+    c_out: int,
+    kernel: int,
+    groups: int = 1,
+    *,
+    weight_grad: bool = False,
+    input_grad: bool = False,
+) -> Flops:
+    """A k×k convolution producing ``out_pixels`` (N·H_out·W_out) positions: forward
+    2·out_pixels·c_out·(c_in/groups)·k²; backward as :func:`linear_flops`."""
+    return linear_flops(
+        out_pixels,
+        c_in // groups * kernel * kernel,
+        c_out,
+        weight_grad=weight_grad,
+        input_grad=input_grad,
+    )
+
+
+def attention_flops(
+    batch: int,
+    heads: int,
+    q_len: int,
+    k_len: int,
+    head_dim: int,
+    *,
+    grad: bool = False,
+    causal: bool = False,
+) -> Flops:
+    """``softmax(Q K^T) V`` for [batch, heads, q_len, head_dim] queries over k_len keys:
+    forward 2·2·batch·heads·q_len·k_len·head_dim (``QK^T`` and ``PV``), halved when ``causal``
+    (q_len == k_len); backward 2× the forward when ``grad`` (dQ, dK, dP, dV)."""
+    if causal and q_len != k_len:
+        raise ValueError(f"causal attention needs q_len == k_len, got {q_len} and {k_len}")
+    fwd = 4.0 * batch * heads * q_len * k_len * head_dim * (0.5 if causal else 1.0)
+    return Flops(fwd, 2.0 * fwd if grad else 0.0)
+
+
+# -- vision towers ---------------------------------------------------------------------------
+
+
+def _vit_layer_flops(
+    rows: int, images: int, tokens: int, hidden: int, heads: int, mlp: List[int], grad: bool
+) -> Dict[str, Flops]:
+    """One pre-norm ViT block on ``images`` × ``tokens`` (= rows): q/k/v/o, the MLP
+    (``mlp`` = widths of its input matmuls then its output matmul's input), attention."""
+    linear = _sum(
+        linear_flops(rows, hidden, hidden, weight_grad=grad, input_grad=grad) for _ in "qkvo"
+    )
+    *inputs, inner = mlp
+    linear = linear + _sum(
+        linear_flops(rows, hidden, w, weight_grad=grad, input_grad=grad) for w in inputs
+    )
+    linear = linear + linear_flops(rows, inner, hidden, weight_grad=grad, input_grad=grad)
+    attn = attention_flops(images, heads, tokens, tokens, hidden // heads, grad=grad)
+    return {"linear": linear, "attention": attn}
+
+
+def hf_vit_flops(tower, num_images: int) -> Dict[str, Flops]:
+    """HF CLIP / SigLIP / DINOv2 vision encoders: patch embedding, the blocks, SigLIP's
+    attention-pooling head. All ``num_hidden_layers`` run whatever ``select_layer``; in a
+    trainable tower only those up to the selected hidden state get a backward."""
+    config = tower.model.config
+    trainable = tower.cfg.trainable
+    d, heads, patch = config.hidden_size, config.num_attention_heads, config.patch_size
+    grid = tower.cfg.image_size // patch  # DINOv2 runs at the tower's size, not the config's
+    patches = grid * grid
+    tokens = patches + int(tower.has_cls_token)
+    rows = num_images * tokens
+    if hasattr(config, "intermediate_size"):  # CLIP, SigLIP: fc1, fc2
+        mlp = [config.intermediate_size, config.intermediate_size]
+    elif getattr(config, "use_swiglu_ffn", False):  # DINOv2 SwiGLU: gate, up, down
+        inner = (int(int(d * config.mlp_ratio) * 2 / 3) + 7) // 8 * 8
+        mlp = [inner, inner, inner]
+    else:  # DINOv2: fc1, fc2 of width hidden × mlp_ratio
+        mlp = [int(d * config.mlp_ratio)] * 2
+    layers = config.num_hidden_layers
+    # hidden state k is layer k-1's output: layers k.. run but feed nothing (no backward)
+    used = tower.cfg.select_layer % (layers + 1)
+    out = {"patch_embed": conv2d_flops(num_images * patches, 3, d, patch, weight_grad=trainable)}
+    layer = _vit_layer_flops(rows, num_images, tokens, d, heads, mlp, trainable)
+    idle = _vit_layer_flops(rows, num_images, tokens, d, heads, mlp, False)
+    out["linear"] = layer["linear"] * used + idle["linear"] * (layers - used)
+    out["attention"] = layer["attention"] * used + idle["attention"] * (layers - used)
+    if any(getattr(m, "use_head", False) for m in (tower.model, tower.model.base_model)):
+        # SigLIP pooling head (forward only: its output is unused): one probe query; q from
+        # the probe, k/v from all tokens; out projection and MLP on the probe
+        out["head"] = (
+            linear_flops(num_images, d, d)
+            + linear_flops(rows, d, 2 * d)
+            + attention_flops(num_images, heads, 1, tokens, d // heads)
+            + linear_flops(num_images, d, d)
+            + linear_flops(num_images, d, config.intermediate_size)
+            + linear_flops(num_images, config.intermediate_size, d)
+        )
+    return out
+
+
+def timm_vit_flops(tower, num_images: int) -> Dict[str, Flops]:
+    """A timm ViT, read from the module (timm has no config object): the patch embedding and
+    the blocks kept after pruning (up to the selected one), prefix tokens included."""
+    model = tower.model
+    trainable = tower.cfg.trainable
+    proj = model.patch_embed.proj  # Conv2d(3, D, p, stride=p)
+    patch = proj.kernel_size[0]
+    patches = (tower.cfg.image_size // patch) ** 2
+    tokens = patches + model.num_prefix_tokens
+    rows = num_images * tokens
+    out = {
+        "patch_embed": conv2d_flops(
+            num_images * patches, proj.in_channels, proj.out_channels, patch, weight_grad=trainable
+        )
+    }
+    for block in model.blocks:
+        mlp = block.mlp
+        if not isinstance(getattr(mlp, "fc1", None), nn.Linear):
+            raise ValueError(f"tower {tower.cfg.checkpoint}: unsupported timm MLP {type(mlp)}")
+        hidden = mlp.fc1.out_features  # fc1 D → hidden, fc2 hidden → D
+        layer = _vit_layer_flops(
+            rows,
+            num_images,
+            tokens,
+            model.embed_dim,
+            block.attn.num_heads,
+            [hidden, hidden],
+            trainable,
+        )
+        for key, f in layer.items():
+            out[key] = out.get(key, Flops()) + f
+    return out
+
+
+def convnext_flops(tower, num_images: int) -> Dict[str, Flops]:
+    """An open_clip timm ConvNeXt trunk: every Conv2d (stem, downsampling, depthwise 7×7) and
+    Linear (pointwise MLPs, applied at the current resolution) of the stem and the kept stages,
+    walked in execution order while tracking the feature-map side."""
+    trunk = tower.trunk
+    trainable = tower.cfg.trainable
+    side = tower.cfg.image_size
+    out: Dict[str, Flops] = {}
+    first = True
+    for stage_name, part in [("stem", trunk.stem)] + [
+        (f"stage_{i}", s) for i, s in enumerate(trunk.stages)
+    ]:
+        total = Flops()
+        for m in part.modules():
+            if isinstance(m, nn.Conv2d):
+                k, s, p, dil = m.kernel_size[0], m.stride[0], m.padding, m.dilation[0]
+                if isinstance(p, str) or m.kernel_size[0] != m.kernel_size[1]:
+                    raise ValueError(f"tower {tower.cfg.checkpoint}: unsupported conv {m}")
+                side = (side + 2 * p[0] - dil * (k - 1) - 1) // s + 1
+                total = total + conv2d_flops(
+                    num_images * side * side,
+                    m.in_channels,
+                    m.out_channels,
+                    k,
+                    m.groups,
+                    weight_grad=trainable,
+                    input_grad=trainable and not first,
+                )
+                first = False
+            elif isinstance(m, nn.Linear):
+                total = total + linear_flops(
+                    num_images * side * side,
+                    m.in_features,
+                    m.out_features,
+                    weight_grad=trainable,
+                    input_grad=trainable,
+                )
+        out[stage_name] = total
+    return out
+
+
+def tower_flops(tower, num_images: int) -> Dict[str, Flops]:
+    """FLOPs of one tower over ``num_images`` images, by piece; backward only when trainable
+    (a trainable tower's first layer sees pixels: no input gradient)."""
+    from cambrian_train.models.vision.hf import HFVisionTower
+    from cambrian_train.models.vision.open_clip import OpenCLIPConvNeXtTower
+    from cambrian_train.models.vision.timm import TimmViTTower
+
+    if isinstance(tower, HFVisionTower):
+        return hf_vit_flops(tower, num_images)
+    if isinstance(tower, TimmViTTower):
+        return timm_vit_flops(tower, num_images)
+    if isinstance(tower, OpenCLIPConvNeXtTower):
+        return convnext_flops(tower, num_images)
+    raise ValueError(f"no FLOPs formula for tower type {type(tower).__name__}")
+
+
+def _tower_tokens(tower) -> int:
+    """Tokens a tower hands the connector (num_tokens, plus CLS for cls_patch)."""
+    return tower.num_tokens + int(tower.cfg.select_feature == "cls_patch")
+
+
+# -- connectors ------------------------------------------------------------------------------
+
+
+def sampler_layer_flops(
+    num_queries: int,
+    q_dim: int,
+    context_dim: int,
+    hidden: int,
+    num_heads: int,
+    window_tokens: List[int],
+) -> Dict[str, Flops]:
+    """One SVA cross-attention layer (models/connectors/sva.py) on ``num_queries`` queries,
+    query t of tower t's windows holding ``window_tokens[t]`` features (all trained)."""
+    g = dict(weight_grad=True, input_grad=True)
+    m = num_queries
+    linear = (
+        linear_flops(m, context_dim, hidden, **g)  # proj_context
+        + linear_flops(m, q_dim + hidden, hidden, **g)  # proj_in on [query, context]
+        + linear_flops(m, hidden, hidden, **g)  # q_proj
+        + linear_flops(m, hidden, hidden, **g)  # o_proj
+        + linear_flops(m, hidden, hidden, **g)  # proj_out.linear_1
+        + linear_flops(m, hidden, q_dim, **g)  # proj_out.linear_2
+    )
+    # k_proj_t, v_proj_t over every window feature (recomputed by each layer)
+    kv = _sum(linear_flops(m * w, hidden, hidden, **g) * 2 for w in window_tokens)
+    attn = attention_flops(m, num_heads, 1, sum(window_tokens), hidden // num_heads, grad=True)
+    return {"linear": linear, "kv": kv, "attention": attn}
+
+
+def mlp_connector_flops(model, num_images: int) -> Dict[str, Flops]:
+    """``mlp2x_gelu``: Linear(ΣC_t → D) (no dX unless a tower trains), GELU, Linear(D → D)."""
+    towers = list(model.towers.values())
+    rows = num_images * _tower_tokens(towers[0])
+    d = model.llm.config.hidden_size
+    tower_grad = any(t.cfg.trainable for t in towers)
+    return {
+        "mlp": linear_flops(
+            rows, sum(t.hidden_size for t in towers), d, weight_grad=True, input_grad=tower_grad
+        )
+        + linear_flops(rows, d, d, weight_grad=True, input_grad=True)
+    }
+
+
+def sva_connector_flops(model, num_images: int) -> Dict[str, Flops]:
+    """SVA: per-tower projections, ``connector_depth`` layers per query group over s_g×s_g
+    windows, the group resize (0) and the final MLP."""
+    conn, cfg = model.connector, model.cfg.connector
+    width, d = cfg.vision_hidden_size, model.llm.config.hidden_size
+    n = num_images
+    out: Dict[str, Flops] = {}
+    for name, side in zip(conn.tower_names, conn.tower_sides):
+        tower = model.towers[name]
+        rows = n * side * side
+        out[f"aux.{name}"] = linear_flops(
+            rows, tower.hidden_size, width, weight_grad=True, input_grad=tower.cfg.trainable
+        ) + linear_flops(rows, width, width, weight_grad=True, input_grad=True)
+    for g, q_side in enumerate(conn.query_sides):
+        windows = [(s // q_side) ** 2 for s in conn.tower_sides]
+        layer = sampler_layer_flops(
+            n * q_side * q_side, width, width, width, cfg.num_heads, windows
+        )
+        for key, f in layer.items():
+            out[f"sampler_{g}.{key}"] = f * cfg.connector_depth
+    rows = n * model.cfg.image_token_len
+    out["projector"] = linear_flops(
+        rows, width * cfg.num_query_group, d, weight_grad=True, input_grad=True
+    ) + linear_flops(rows, d, d, weight_grad=True, input_grad=True)
+    return out
+
+
+def llm_sva_flops(model, num_images: int) -> Dict[str, Flops]:
+    """The SVA layers inside the LLM: queries are the LLM hidden states at the image_token_len
+    grid positions (newlines excluded), context their per-image mean (width D)."""
+    conn, cfg = model.connector, model.cfg.connector
+    count = len(getattr(conn, "insert_after", []))
+    if not count:
+        return {}
+    d, s = model.llm.config.hidden_size, conn.llm_query_side
+    windows = [(t // s) ** 2 for t in conn.tower_sides]
+    layer = sampler_layer_flops(
+        num_images * s * s, d, d, cfg.vision_hidden_size, cfg.num_heads, windows
+    )
+    return {key: f * count for key, f in layer.items()}
+
+
+# -- the LLM ---------------------------------------------------------------------------------
+
+
+def llm_flops(
+    llm, batch_size: int, seq_len: int, *, train_llm: bool, causal: bool = True
+) -> Dict[str, Flops]:
+    """A Llama-style decoder (q/k/v/o with grouped KV heads, gated MLP) on [B, L] from its HF
+    config; the embedding lookup counts 0, the head runs on all B·L positions. The layers'
+    Linear shapes are checked against the config (ValueError for other families)."""
+    from cambrian_train.models.llm import decoder_layers
+
+    c = llm.config
+    d, heads, layers = c.hidden_size, c.num_attention_heads, c.num_hidden_layers
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or d // heads
+    inner = c.intermediate_size
+    expected = 2 * d * heads * head_dim + 2 * d * kv_heads * head_dim + 3 * d * inner
+    found = sum(
+        m.weight.numel() for m in decoder_layers(llm)[0].modules() if isinstance(m, nn.Linear)
+    )
+    if found != expected:
+        raise ValueError(
+            f"{type(llm).__name__}: decoder-layer Linear weights hold {found} values but a "
+            f"Llama-style layer of this config holds {expected}; no FLOPs formula for this family"
+        )
+    rows = batch_size * seq_len
+    g = dict(weight_grad=train_llm, input_grad=True)  # the connector's tokens enter at layer 0
+    per_layer = (
+        linear_flops(rows, d, heads * head_dim, **g)  # q
+        + linear_flops(rows, d, kv_heads * head_dim, **g) * 2  # k, v
+        + linear_flops(rows, heads * head_dim, d, **g)  # o
+        + linear_flops(rows, d, inner, **g) * 2  # gate, up
+        + linear_flops(rows, inner, d, **g)  # down
+    )
+    attn = attention_flops(batch_size, heads, seq_len, seq_len, head_dim, grad=True, causal=causal)
+    return {
+        "embed": Flops(),  # a lookup
+        "linear": per_layer * layers,
+        "attention": attn * layers,
+        "lm_head": linear_flops(rows, d, c.vocab_size, **g),
+    }
+
+
+# -- the model -------------------------------------------------------------------------------
+
+
+def model_flops(
+    model,
+    batch_size: int,
+    seq_len: int,
+    num_images: int = 1,
+    *,
+    train_llm: bool,
+    causal: bool = True,
+    recompute: bool = False,
+) -> FlopsBreakdown:
+    """FLOPs of one training step of ``model`` on ``batch_size`` samples of ``seq_len``
+    positions with ``num_images`` image slots each (data.max_images), by part:
+    ``tower.<name>.*``, ``connector.*``, ``llm_sva.*`` (SVA layers inside the LLM), ``llm.*``.
+
+    ``train_llm``: the stage's flag (connector always trains, towers per ``tower.trainable``).
+    Everything is linear in ``batch_size``: pass the global batch for FLOPs per optimiser step.
+    See the module docstring for ``causal`` and ``recompute``.
+    """
+    out = FlopsBreakdown()
+    images = batch_size * num_images
+    for name, tower in model.towers.items():
+        for key, f in tower_flops(tower, images).items():
+            out.add(f"tower.{name}.{key}", f)
+    if hasattr(model.connector, "query_sides"):
+        connector = sva_connector_flops(model, images)
+    else:
+        connector = mlp_connector_flops(model, images)
+    for key, f in connector.items():
+        out.add(f"connector.{key}", f)
+    llm_sva = llm_sva_flops(model, images)
+    for key, f in llm_sva.items():
+        out.add(f"llm_sva.{key}", f)
+    llm = llm_flops(model.llm, batch_size, seq_len, train_llm=train_llm, causal=causal)
+    for key, f in llm.items():
+        out.add(f"llm.{key}", f)
+    if recompute:  # gradient checkpointing reruns each decoder layer (and its SVA hook)
+        redo = llm["linear"] + llm["attention"] + _sum(llm_sva.values())
+        out.add("recompute", Flops(0.0, redo.forward))
+    return out
+
+
+# -- MFU -------------------------------------------------------------------------------------
+
+# Peak dense (not sparse) bf16 TFLOP/s per chip.
+PEAK_TFLOPS: Dict[str, float] = {
+    # cloud.google.com/tpu/docs/v4: "Peak compute per chip (bf16) 275 TFLOPs"
+    "tpu-v4": 275.0,
+    # cloud.google.com/tpu/docs/v5e: "Peak compute per chip (bf16) 197 TFLOPs"
+    "tpu-v5e": 197.0,
+    # cloud.google.com/tpu/docs/v5p: "Peak compute per chip (bf16) 459 TFLOPs"
+    "tpu-v5p": 459.0,
+    # cloud.google.com/tpu/docs/v6e: "Peak compute per chip (bf16) 918 TFLOPs"
+    "tpu-v6e": 918.0,
+    # nvidia.com/en-us/data-center/h100 (datasheet): BF16 Tensor Core 1,979 TFLOPS for H100 SXM
+    # "with sparsity"; dense is half, 989.5 (PCIe and NVL parts are slower: not this entry)
+    "h100-sxm": 989.0,
+    # nvidia.com/en-us/data-center/h200 (datasheet): BF16 Tensor Core 1,979 TFLOPS "with
+    # sparsity"; dense 989.5, the same Hopper SXM compute as H100 SXM
+    "h200": 989.0,
+    # nvidia.com/en-us/data-center/a100 (datasheet): BF16 Tensor Core 312 TFLOPS dense
+    # (624 with sparsity), SXM and PCIe alike
+    "a100": 312.0,
+}
+
+# device names as torch_xla / torch.cuda report them (normalised: lower case, runs of
+# non-alphanumerics → one space) → table key
+_ALIASES = {
+    "tpu v4": "tpu-v4",
+    "tpu v5 lite": "tpu-v5e",  # torch_xla's device_kind of v5e
+    "tpu v5e": "tpu-v5e",
+    "tpu v5litepod": "tpu-v5e",
+    "tpu v5": "tpu-v5p",  # torch_xla's device_kind of v5p
+    "tpu v5p": "tpu-v5p",
+    "tpu v6 lite": "tpu-v6e",  # torch_xla's device_kind of v6e (Trillium)
+    "tpu v6e": "tpu-v6e",
+    "h100": "h100-sxm",
+    "h100 sxm": "h100-sxm",
+}
+
+
+def _normalise(kind: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", kind.lower()).strip()
+
+
+def peak_tflops(device_kind: str) -> float:
+    """Dense bf16 peak TFLOP/s of one chip named ``device_kind`` (a PEAK_TFLOPS key, or a
+    device name as torch_xla or ``torch.cuda.get_device_name`` reports it, e.g. "TPU v5 lite",
+    "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"). ValueError for anything else."""
+    key = _normalise(device_kind)
+    names = {_normalise(k): k for k in PEAK_TFLOPS}
+    found = names.get(key) or _ALIASES.get(key)
+    if found is None:
+        words = key.removeprefix("nvidia ").split()
+        if words and words[0] == "a100":
+            found = "a100"
+        elif words and words[0] == "h200":
+            found = "h200"
+        elif words and words[0] == "h100" and not {"pcie", "nvl"} & set(words):
+            found = "h100-sxm"  # "NVIDIA H100 80GB HBM3" is the SXM part
+    if found is None:
+        raise ValueError(
+            f"no peak TFLOP/s known for device kind {device_kind!r}; known: "
+            f"{', '.join(f'{k} ({v:g})' for k, v in PEAK_TFLOPS.items())}; set "
+            "backend.peak_tflops to this chip's dense bf16 peak"
+        )
+    return PEAK_TFLOPS[found]
+
+
+def mfu(flops_per_step: float, step_seconds: float, num_devices: int, peak: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s per device over ``peak`` (TFLOP/s per device)."""
+    for name, value in (("step_seconds", step_seconds), ("num_devices", num_devices)):
+        if not value > 0:
+            raise ValueError(f"{name}={value} must be positive")
+    if not (peak > 0 and math.isfinite(peak)):
+        raise ValueError(f"peak_tflops={peak} must be positive (and finite)")
+    return flops_per_step / step_seconds / num_devices / (peak * 1e12)
+
+
+def counter_formulas() -> dict:
+    """A ``custom_mapping`` for ``torch.utils.flop_counter.FlopCounterMode`` that counts what it
+    misses in this code on CPU, with this module's convention.
+
+    torch 2.9 registers formulas for the CUDA flash / memory-efficient / cuDNN SDPA kernels
+    only: on CPU, ``F.scaled_dot_product_attention`` runs
+    ``aten._scaled_dot_product_flash_attention_for_cpu`` (and its ``_backward``), which the
+    counter skips (0 FLOPs). These formulas count it: forward ``QK^T`` and ``PV`` over the full
+    score matrix (no causal halving, like torch's own), backward 2× (no score recomputation;
+    torch's CUDA formulas count 2.5×). Query heads are used, so grouped-KV calls
+    (``enable_gqa``) count as the matmuls they stand for. And the in-place ``aten.addmm_``
+    (unregistered; the chunked loss accumulates the head's weight gradient with it) counts as
+    ``addmm``. And ``aten.convolution_backward`` counts grouped convolutions right: torch's
+    formula ignores ``groups`` in the weight gradient (a depthwise 7×7 over C channels counts
+    C× too much); here each requested gradient costs what the forward convolution does.
+    """
+    import torch
+
+    aten = torch.ops.aten
+
+    def forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        rows = math.prod(query_shape[:-1])  # batch · heads · q_len
+        return 2 * rows * key_shape[-2] * (query_shape[-1] + value_shape[-1])
+
+    def backward(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+        return 2 * forward(query_shape, key_shape, value_shape)
+
+    def addmm_(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]  # self += a [M, K] @ b [K, N]
+
+    def conv_backward(grad_out_shape, x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        transposed, output_mask = args[4], args[-1]
+        # the forward's multiply-adds: every output (input, if transposed) position times
+        # the weight's C_in/groups · k² (C_out/groups · k²) fan
+        positions = math.prod(x_shape if transposed else grad_out_shape)
+        return 2 * positions * math.prod(w_shape[1:]) * sum(map(bool, output_mask[:2]))
+
+    return {
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+        aten.addmm_: addmm_,
+        aten.convolution_backward: conv_backward,
+    }
