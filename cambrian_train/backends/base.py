@@ -148,6 +148,10 @@ class Backend(abc.ABC):
         """End of one micro-batch's forward and backward (XLA cuts the graph here, so the
         compiled graphs do not grow with the accumulation count)."""
 
+    def device_kind(self) -> str:
+        """The accelerator's model name (train/flops.py maps it to a peak TFLOP/s)."""
+        return self.device.type
+
     def largest_graph(self) -> Optional[int]:
         """IR nodes of the largest recent compiled graph where the backend traces (XLA)."""
         return None

@@ -125,6 +125,9 @@ class CudaFsdpBackend(Backend):
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def device_kind(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
+
     def device_rng_state(self):
         return torch.cuda.get_rng_state() if self.cuda else None
 

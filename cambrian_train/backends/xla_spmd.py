@@ -198,6 +198,9 @@ class XlaSpmdBackend(Backend):
         data = met.metric_data("CompileTime")
         return int(data[0]) if data else 0
 
+    def device_kind(self) -> str:
+        return xm.xla_device_kind(self.device)  # "TPU v4", "TPU v5 lite", ...; "CPU" here
+
     def largest_graph(self) -> Optional[int]:
         data = met.metric_data("TensorsGraphSize")  # (count, sum, recent samples)
         return int(max(value for _, value in data[2])) if data and data[2] else 0

@@ -11,6 +11,7 @@ functions (``d2h_in_steps``), which must be zero on every backend that reports t
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import List, Optional
 
@@ -18,6 +19,7 @@ import torch
 
 from cambrian_train.backends.base import Backend
 from cambrian_train.config.schema import StageConfig
+from cambrian_train.train.flops import mfu, model_flops, peak_tflops
 from cambrian_train.train.metrics import RunLogger
 from cambrian_train.train.step import StepOutput
 
@@ -84,13 +86,32 @@ class StepLog:
         self.d2h_in_steps = 0  # device→host transfers inside step functions since the last log
         self.watch = CompileWatch(backend)
         self.line = None  # the last interval's summary line
+        self.flops_per_step: Optional[float] = None  # model FLOPs of one global step
+        self.peak = _peak(backend)  # TFLOP/s of one device, None where unknown
+        self.window_positions = 0  # sequence positions (padding included) in the window
 
-    def consumed(self, tokens: int, samples: int) -> None:
-        """A host micro-batch went into the step (counts read on the host before transfer)."""
+    def consumed(self, tokens: int, samples: int, positions: int) -> None:
+        """A host micro-batch went into the step (counts read on the host before transfer):
+        real tokens, samples, and sequence positions (samples x length)."""
         self.window_tokens += tokens
         self.window_samples += samples
+        self.window_positions += positions
         self.tokens += tokens
         self.samples += samples
+
+    def count_flops(self, model, stage: StageConfig, seq_len: int, num_images: int) -> None:
+        """Model FLOPs of one global step (train/flops.py), once, from the first batch's shape;
+        a model the analytic count does not cover only loses the TFLOP/s and MFU figures."""
+        try:
+            breakdown = model_flops(
+                model, stage.global_batch_size, seq_len, num_images, train_llm=stage.train_llm
+            )
+        except ValueError as err:
+            log.warning("no model FLOPs in the logs: %s", err)
+            self.flops_per_step = float("nan")
+            return
+        self.flops_per_step = breakdown.total
+        log.info("model FLOPs per optimiser step: %.4g (%s)", breakdown.total, stage.name)
 
     def record(self, out: StepOutput) -> None:
         """Fold a step's outputs into the device-side counters, before the step's graph is cut
@@ -132,11 +153,19 @@ class StepLog:
         metrics = {
             "loss": losses[-1],
             "grad_norm": float(out.grad_norm),
-            "tokens_per_s": self.window_tokens / elapsed,
+            "step_s": elapsed / len(losses),
+            "tokens_per_s": self.window_tokens / elapsed,  # real (non-pad) tokens, this host
             "samples_per_s": self.window_samples / elapsed,
+            "padding_fraction": 1.0 - self.window_tokens / max(1, self.window_positions),
             **{f"lr/{name}": lr for name, lr in lrs.items()},
             "skipped_steps": int(self.skipped_total),
         }
+        if self.flops_per_step is not None and math.isfinite(self.flops_per_step):
+            devices = self.backend.device_count()
+            achieved = self.flops_per_step * len(losses) / elapsed / devices  # per device
+            metrics["model_tflops_per_device"] = achieved / 1e12
+            if self.peak is not None:
+                metrics["mfu"] = mfu(self.flops_per_step, elapsed / len(losses), devices, self.peak)
         if self.watch.count is not None:
             metrics["compiles"] = self.watch.count
         if self.backend.transfer_count() is not None:
@@ -148,9 +177,24 @@ class StepLog:
         self.final_loss = losses[-1]
         self.pending, self.d2h_in_steps = [], 0
         self.window_start, self.window_tokens, self.window_samples = time.perf_counter(), 0, 0
+        self.window_positions = 0
         lr = next(iter(lrs.values()), float("nan"))
         self.line = (
             f"[{stage.name}] step {step}/{self.total_steps} loss {self.final_loss:.4f} "
             f"lr {lr:.2e} grad_norm {metrics['grad_norm']:.3f} "
             f"tokens/s {metrics['tokens_per_s']:.0f}"
         )
+
+
+def _peak(backend: Backend) -> Optional[float]:
+    """``backend.peak_tflops``, else the table's value for the device kind; None on CPU."""
+    if backend.cfg.peak_tflops is not None:
+        return backend.cfg.peak_tflops
+    kind = backend.device_kind()
+    if kind.lower() == "cpu":
+        return None
+    try:
+        return peak_tflops(kind)
+    except ValueError as err:  # an unknown chip costs the MFU figure, not the run
+        log.warning("no MFU in the logs: %s", err)
+        return None

@@ -120,7 +120,10 @@ def train_stage(
         while True:
             batch = next(batches)
             tokens, samples, cursor = sizes.popleft()
-            report.consumed(tokens, samples)
+            report.consumed(tokens, samples, samples * batch.input_ids.shape[1])
+            if report.flops_per_step is None:  # shapes are metadata: no device read
+                seq_len, num_images = batch.input_ids.shape[1], batch.image_mask.shape[1]
+                report.count_flops(model, stage, seq_len, num_images)
             yield batch
 
     feed = micro_batches()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import pytest
 import torch
@@ -181,3 +182,30 @@ def test_batched_generation_equals_one_by_one(setup):
         p["prediction"] for p in batched["predictions"]
     ]
     assert any(p["prediction"].strip() for p in one["predictions"])
+
+
+def test_logged_throughput_padding_and_mfu(setup, tmp_path):
+    """Per interval: padding fraction from the batches' masks, model TFLOP/s per device from
+    train/flops.py, and MFU against backend.peak_tflops."""
+    from cambrian_train.train.flops import model_flops
+
+    cfg, model, tokenizer = setup
+    stage = dataclasses.replace(cfg.stages["pretrain"], log_every=2)
+    backend_cfg = dataclasses.replace(cfg.backend, peak_tflops=50.0)
+    groups = apply_stage(model, stage)
+    backend = build_backend(backend_cfg, cfg.mesh)
+    logger = RunLogger(cfg.logger, tmp_path, "t", {}, active=False)
+    batches = list(itertools.islice(make_stream(cfg, stage, model, tokenizer), 2))
+    train_stage(stage, model, groups, backend, lambda _: iter(batches), 2, logger)
+    row = logger.history["pretrain"][-1]  # the window of step 2 (step 1 is logged on its own)
+    mask = batches[1].attention_mask
+    assert row["padding_fraction"] == pytest.approx(1 - float(mask.sum()) / mask.numel())
+    flops = model_flops(
+        model,
+        stage.global_batch_size,
+        mask.shape[1],
+        batches[0].image_mask.shape[1],
+        train_llm=False,
+    ).total
+    assert row["model_tflops_per_device"] == pytest.approx(flops / row["step_s"] / 1e12, rel=1e-6)
+    assert row["mfu"] == pytest.approx(row["model_tflops_per_device"] / 50.0, rel=1e-6)
