@@ -199,7 +199,16 @@ class XlaSpmdBackend(Backend):
         return int(data[0]) if data else 0
 
     def device_kind(self) -> str:
-        return xm.xla_device_kind(self.device)  # "TPU v4", "TPU v5 lite", ...; "CPU" here
+        """ "TPU v4", "TPU v5litepod", "TPU v5p", "TPU v6e" (from the TPU VM's accelerator type,
+        e.g. v5litepod-16: the SPMD virtual device has no kind of its own), or "CPU"."""
+        if xr.device_type() != "TPU":
+            return xr.device_type() or "CPU"
+        from torch_xla._internal import tpu
+
+        try:
+            return f"TPU {tpu.get_tpu_type()}"
+        except OSError:  # no TPU metadata: the kind stays unknown (no MFU, a warning)
+            return "TPU"
 
     def largest_graph(self) -> Optional[int]:
         data = met.metric_data("TensorsGraphSize")  # (count, sum, recent samples)
