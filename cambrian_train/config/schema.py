@@ -26,6 +26,9 @@ class LLMConfig:
     num_layers: int = MISSING  # decoder depth, known before loading (checked after loading)
     hidden_size: int = MISSING  # model width, known before loading (checked after loading)
     dtype: str = "float32"  # parameter dtype at load: float32 | bfloat16
+    # HF attention implementation (sdpa | eager | flash_attention_2 | ...); training runs
+    # sdpa as mask-free causal SDPA (models/llm.py); others build HF's masks each forward
+    attn_implementation: str = "sdpa"
     # HF config fields (model_type, sizes, vocab) to build the model without its checkpoint,
     # e.g. on the meta device for parameter counts and sharding plans
     architecture: Dict[str, Any] = field(default_factory=dict)

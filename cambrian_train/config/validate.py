@@ -82,6 +82,12 @@ def _check_model(cfg: TrainConfig, errors: list[str]) -> None:
         _check_sva(cfg, errors)
     if m.llm.dtype not in DTYPES:
         errors.append(f"model.llm.dtype={m.llm.dtype!r} is not one of {list(DTYPES)}")
+    from transformers import AttentionInterface  # heavy: only when validating
+
+    attention = ["eager", *sorted(AttentionInterface._global_mapping)]
+    impl = m.llm.attn_implementation
+    if impl not in attention and "/" not in impl:  # "/": a kernel from the HF hub
+        errors.append(f"model.llm.attn_implementation={impl!r} is not one of {attention}")
 
 
 def _check_sva(cfg: TrainConfig, errors: list[str]) -> None:

@@ -56,9 +56,9 @@ def load_causal_lm(
     if deferred:
         config = AutoConfig.from_pretrained(checkpoint_dir(cfg.checkpoint))
         with meta_parameters():
-            model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype])
+            model = AutoModelForCausalLM.from_config(config, **_load_options(cfg))
     elif pretrained:
-        model = AutoModelForCausalLM.from_pretrained(cfg.checkpoint, dtype=DTYPES[cfg.dtype])
+        model = AutoModelForCausalLM.from_pretrained(cfg.checkpoint, **_load_options(cfg))
     elif not cfg.architecture:
         raise ValueError(
             f"model.llm.architecture is empty: {cfg.checkpoint} cannot be built without its "
@@ -66,7 +66,7 @@ def load_causal_lm(
         )
     else:
         config = AutoConfig.for_model(**cfg.architecture)
-        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype])
+        model = AutoModelForCausalLM.from_config(config, **_load_options(cfg))
     config = model.config
     if config.num_hidden_layers != cfg.num_layers:
         raise ValueError(
@@ -80,6 +80,10 @@ def load_causal_lm(
         )
     decoder_layers(model)  # fails early for models without a layer list
     return model
+
+
+def _load_options(cfg: LLMConfig) -> dict:
+    return {"dtype": DTYPES[cfg.dtype], "attn_implementation": cfg.attn_implementation}
 
 
 def load_tokenizer(cfg: LLMConfig):

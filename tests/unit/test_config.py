@@ -234,3 +234,12 @@ def test_validation_tensor_parallel_only_on_xla(compose):
         ["experiment=demo", "backend=xla_spmd", "mesh=xla_cpu_4", "mesh.fsdp=2", "mesh.tensor=2"],
         True,
     )
+
+
+def test_attention_implementation_is_passed_through_or_rejected(compose):
+    from cambrian_train.models.llm import load_causal_lm
+
+    cfg = compose(["experiment=demo", "model.llm.attn_implementation=eager"], True)
+    assert load_causal_lm(cfg.model.llm).config._attn_implementation == "eager"
+    bad = compose(["experiment=demo", "model.llm.attn_implementation=flashy"])
+    assert "model.llm.attn_implementation='flashy' is not one of ['eager'" in _errors(bad)

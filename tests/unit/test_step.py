@@ -114,3 +114,18 @@ def test_training_loss_without_a_padding_mask_equals_the_masked_one(ragged):
     assert model.llm.config._attn_implementation == "sdpa"  # restored after the forward
     assert float(count) == float((targets != -100).sum())
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_eager_attention_gives_the_sdpa_loss(compose, tiny_overrides):
+    """model.llm.attn_implementation=eager (HF builds its causal mask) and the default sdpa
+    (mask-free causal SDPA in training) compute the same loss."""
+    totals = []
+    for impl in ("sdpa", "eager"):
+        cfg = compose(tiny_overrides + [f"model.llm.attn_implementation={impl}"])
+        seed_everything(0)
+        model = build_model(cfg.model)
+        assert model.llm.config._attn_implementation == impl
+        batch = next(make_stream(cfg, cfg.stages["finetune"], model, load_tokenizer(cfg.model.llm)))
+        with torch.no_grad():
+            totals.append(model(batch, reduction="sum")[0])
+    torch.testing.assert_close(totals[0], totals[1], rtol=1e-5, atol=1e-4)
