@@ -15,16 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-import torch
-from hydra import compose, initialize_config_dir
+from model_summary import configured_model  # tools/ is first on sys.path for a tool
 
-from cambrian_train.cli import CONFIG_DIR, to_train_config
-from cambrian_train.config.store import register_configs
-from cambrian_train.config.validate import ConfigError, validate_model
-from cambrian_train.models import build_model
-from cambrian_train.train.flops import mfu, model_flops, peak_tflops
+from cambrian_train.train.flops import model_flops
+from cambrian_train.train.mfu import mfu, peak_tflops
 
 
 def main(argv=None) -> int:
@@ -42,22 +37,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device-kind", default="tpu-v4", help="a PEAK_TFLOPS key or name")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the table")
     args = parser.parse_args(argv)
-    register_configs()
-    with initialize_config_dir(config_dir=str(Path(CONFIG_DIR)), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=args.overrides)
-    try:
-        train_cfg = to_train_config(cfg)
-        validate_model(train_cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    train_cfg, model = configured_model(args.overrides, args.pretrained)
     name = args.stage or (train_cfg.run_stages or list(train_cfg.stages))[0]
     stage = train_cfg.stages[name]
-    if args.pretrained:  # e.g. the tiny presets, which have no architecture fields
-        model = build_model(train_cfg.model)
-    else:
-        with torch.device("meta"):
-            model = build_model(train_cfg.model, pretrained=False)
     flops = model_flops(
         model,
         stage.global_batch_size,

@@ -21,6 +21,25 @@ from cambrian_train.models import build_model
 from cambrian_train.models.summary import format_table, parameter_table
 
 
+def configured_model(overrides, pretrained: bool):
+    """(TrainConfig, model) composed from Hydra ``overrides`` as the CLI composes them: built on
+    the meta device from the architecture fields, or loaded with ``pretrained``. A config error
+    is printed and raised as SystemExit(2)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(Path(CONFIG_DIR)), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    try:
+        train_cfg = to_train_config(cfg)
+        validate_model(train_cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if pretrained:
+        return train_cfg, build_model(train_cfg.model)
+    with torch.device("meta"):
+        return train_cfg, build_model(train_cfg.model, pretrained=False)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=cambrian_8b")
@@ -28,20 +47,7 @@ def main(argv=None) -> int:
         "--pretrained", action="store_true", help="load the checkpoints instead of the meta build"
     )
     args = parser.parse_args(argv)
-    register_configs()
-    with initialize_config_dir(config_dir=str(Path(CONFIG_DIR)), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=args.overrides)
-    try:
-        train_cfg = to_train_config(cfg)
-        validate_model(train_cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.pretrained:
-        model = build_model(train_cfg.model)
-    else:
-        with torch.device("meta"):
-            model = build_model(train_cfg.model, pretrained=False)
+    _, model = configured_model(args.overrides, args.pretrained)
     print(format_table(parameter_table(model)))
     return 0
 

@@ -149,7 +149,7 @@ class Backend(abc.ABC):
         compiled graphs do not grow with the accumulation count)."""
 
     def device_kind(self) -> str:
-        """The accelerator's model name (train/flops.py maps it to a peak TFLOP/s)."""
+        """The accelerator's model name (train/mfu.py maps it to a peak TFLOP/s)."""
         return self.device.type
 
     def largest_graph(self) -> Optional[int]:

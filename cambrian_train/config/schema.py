@@ -172,7 +172,7 @@ class BackendConfig:
     compile_warmup_steps: int = 3  # steps after which the compile count must stay constant
     on_recompile: str = "warn"  # off | warn | error: compiles after warm-up (XLA)
     # dense bf16 peak TFLOP/s of one device for the logged MFU; None = from the device's kind
-    # (train/flops.py PEAK_TFLOPS), no MFU where it is unknown (CPU)
+    # (train/mfu.py PEAK_TFLOPS), no MFU where it is unknown (CPU)
     peak_tflops: Optional[float] = None
 
 

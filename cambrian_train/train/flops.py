@@ -4,7 +4,8 @@
 :class:`~cambrian_train.models.vlm.VisionLanguageModel` from its parts' configs (HF config fields,
 the connector config, the module shapes of timm/open_clip towers). It works on a model built on
 the meta device, so pod-scale presets cost nothing to count. The trainer logs
-``mfu(model_flops(...).total, seconds_per_step, num_devices, peak_tflops(kind))``.
+``mfu(model_flops(...).total, seconds_per_step, num_devices, peak_tflops(kind))`` (train/mfu.py);
+train/flop_counter.py teaches ``FlopCounterMode`` what it misses, to check these counts.
 
 Conventions (those of PaLM/Megatron "model FLOPs", stated so figures can be compared):
 
@@ -34,8 +35,6 @@ Conventions (those of PaLM/Megatron "model FLOPs", stated so figures can be comp
 
 from __future__ import annotations
 
-import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, Iterable, List
@@ -497,125 +496,3 @@ def model_flops(
         redo = llm["linear"] + llm["attention"] + _sum(llm_sva.values())
         out.add("recompute", Flops(0.0, redo.forward))
     return out
-
-
-# -- MFU -------------------------------------------------------------------------------------
-
-# Peak dense (not sparse) bf16 TFLOP/s per chip.
-PEAK_TFLOPS: Dict[str, float] = {
-    # cloud.google.com/tpu/docs/v4: "Peak compute per chip (bf16) 275 TFLOPs"
-    "tpu-v4": 275.0,
-    # cloud.google.com/tpu/docs/v5e: "Peak compute per chip (bf16) 197 TFLOPs"
-    "tpu-v5e": 197.0,
-    # cloud.google.com/tpu/docs/v5p: "Peak compute per chip (bf16) 459 TFLOPs"
-    "tpu-v5p": 459.0,
-    # cloud.google.com/tpu/docs/v6e: "Peak compute per chip (bf16) 918 TFLOPs"
-    "tpu-v6e": 918.0,
-    # nvidia.com/en-us/data-center/h100 (datasheet): BF16 Tensor Core 1,979 TFLOPS for H100 SXM
-    # "with sparsity"; dense is half, 989.5 (PCIe and NVL parts are slower: not this entry)
-    "h100-sxm": 989.0,
-    # nvidia.com/en-us/data-center/h200 (datasheet): BF16 Tensor Core 1,979 TFLOPS "with
-    # sparsity"; dense 989.5, the same Hopper SXM compute as H100 SXM
-    "h200": 989.0,
-    # nvidia.com/en-us/data-center/a100 (datasheet): BF16 Tensor Core 312 TFLOPS dense
-    # (624 with sparsity), SXM and PCIe alike
-    "a100": 312.0,
-}
-
-# device names as torch_xla / torch.cuda report them (normalised: lower case, runs of
-# non-alphanumerics → one space) → table key
-_ALIASES = {
-    "tpu v4": "tpu-v4",
-    "tpu v5 lite": "tpu-v5e",  # torch_xla's device_kind of v5e
-    "tpu v5e": "tpu-v5e",
-    "tpu v5litepod": "tpu-v5e",
-    "tpu v5": "tpu-v5p",  # torch_xla's device_kind of v5p
-    "tpu v5p": "tpu-v5p",
-    "tpu v6 lite": "tpu-v6e",  # torch_xla's device_kind of v6e (Trillium)
-    "tpu v6e": "tpu-v6e",
-    "h100": "h100-sxm",
-    "h100 sxm": "h100-sxm",
-}
-
-
-def _normalise(kind: str) -> str:
-    return re.sub(r"[^a-z0-9]+", " ", kind.lower()).strip()
-
-
-def peak_tflops(device_kind: str) -> float:
-    """Dense bf16 peak TFLOP/s of one chip named ``device_kind`` (a PEAK_TFLOPS key, or a
-    device name as torch_xla or ``torch.cuda.get_device_name`` reports it, e.g. "TPU v5 lite",
-    "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"). ValueError for anything else."""
-    key = _normalise(device_kind)
-    names = {_normalise(k): k for k in PEAK_TFLOPS}
-    found = names.get(key) or _ALIASES.get(key)
-    if found is None:
-        words = key.removeprefix("nvidia ").split()
-        if words and words[0] == "a100":
-            found = "a100"
-        elif words and words[0] == "h200":
-            found = "h200"
-        elif words and words[0] == "h100" and not {"pcie", "nvl"} & set(words):
-            found = "h100-sxm"  # "NVIDIA H100 80GB HBM3" is the SXM part
-    if found is None:
-        raise ValueError(
-            f"no peak TFLOP/s known for device kind {device_kind!r}; known: "
-            f"{', '.join(f'{k} ({v:g})' for k, v in PEAK_TFLOPS.items())}; set "
-            "backend.peak_tflops to this chip's dense bf16 peak"
-        )
-    return PEAK_TFLOPS[found]
-
-
-def mfu(flops_per_step: float, step_seconds: float, num_devices: int, peak: float) -> float:
-    """Model FLOPs utilisation: achieved FLOP/s per device over ``peak`` (TFLOP/s per device)."""
-    for name, value in (("step_seconds", step_seconds), ("num_devices", num_devices)):
-        if not value > 0:
-            raise ValueError(f"{name}={value} must be positive")
-    if not (peak > 0 and math.isfinite(peak)):
-        raise ValueError(f"peak_tflops={peak} must be positive (and finite)")
-    return flops_per_step / step_seconds / num_devices / (peak * 1e12)
-
-
-def counter_formulas() -> dict:
-    """A ``custom_mapping`` for ``torch.utils.flop_counter.FlopCounterMode`` that counts what it
-    misses in this code on CPU, with this module's convention.
-
-    torch 2.9 registers formulas for the CUDA flash / memory-efficient / cuDNN SDPA kernels
-    only: on CPU, ``F.scaled_dot_product_attention`` runs
-    ``aten._scaled_dot_product_flash_attention_for_cpu`` (and its ``_backward``), which the
-    counter skips (0 FLOPs). These formulas count it: forward ``QK^T`` and ``PV`` over the full
-    score matrix (no causal halving, like torch's own), backward 2× (no score recomputation;
-    torch's CUDA formulas count 2.5×). Query heads are used, so grouped-KV calls
-    (``enable_gqa``) count as the matmuls they stand for. And the in-place ``aten.addmm_``
-    (unregistered; the chunked loss accumulates the head's weight gradient with it) counts as
-    ``addmm``. And ``aten.convolution_backward`` counts grouped convolutions right: torch's
-    formula ignores ``groups`` in the weight gradient (a depthwise 7×7 over C channels counts
-    C× too much); here each requested gradient costs what the forward convolution does.
-    """
-    import torch
-
-    aten = torch.ops.aten
-
-    def forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        rows = math.prod(query_shape[:-1])  # batch · heads · q_len
-        return 2 * rows * key_shape[-2] * (query_shape[-1] + value_shape[-1])
-
-    def backward(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
-        return 2 * forward(query_shape, key_shape, value_shape)
-
-    def addmm_(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
-        return 2 * a_shape[0] * a_shape[1] * b_shape[1]  # self += a [M, K] @ b [K, N]
-
-    def conv_backward(grad_out_shape, x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-        transposed, output_mask = args[4], args[-1]
-        # the forward's multiply-adds: every output (input, if transposed) position times
-        # the weight's C_in/groups · k² (C_out/groups · k²) fan
-        positions = math.prod(x_shape if transposed else grad_out_shape)
-        return 2 * positions * math.prod(w_shape[1:]) * sum(map(bool, output_mask[:2]))
-
-    return {
-        aten._scaled_dot_product_flash_attention_for_cpu: forward,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
-        aten.addmm_: addmm_,
-        aten.convolution_backward: conv_backward,
-    }

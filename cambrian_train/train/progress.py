@@ -19,8 +19,9 @@ import torch
 
 from cambrian_train.backends.base import Backend
 from cambrian_train.config.schema import StageConfig
-from cambrian_train.train.flops import mfu, model_flops, peak_tflops
+from cambrian_train.train.flops import model_flops
 from cambrian_train.train.metrics import RunLogger
+from cambrian_train.train.mfu import mfu, peak_tflops
 from cambrian_train.train.step import StepOutput
 
 log = logging.getLogger(__name__)

@@ -19,19 +19,17 @@ from torch.utils.flop_counter import FlopCounterMode
 from cambrian_train.models import build_model
 from cambrian_train.models.llm import load_tokenizer
 from cambrian_train.registry import VISION_TOWERS
+from cambrian_train.train.flop_counter import counter_formulas
 from cambrian_train.train.flops import (
-    PEAK_TFLOPS,
     Flops,
     attention_flops,
     conv2d_flops,
-    counter_formulas,
     linear_flops,
     llm_flops,
-    mfu,
     model_flops,
-    peak_tflops,
     tower_flops,
 )
+from cambrian_train.train.mfu import PEAK_TFLOPS, mfu, peak_tflops
 from cambrian_train.train.stage import apply_stage
 from tests.unit.test_model_training import make_stream
 
