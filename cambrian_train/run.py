@@ -25,10 +25,13 @@ from cambrian_train import storage
 from cambrian_train.backends import build_backend
 from cambrian_train.backends.mesh import resolve_batches
 from cambrian_train.config.schema import TrainConfig
+from cambrian_train.config.validate import pack_shape
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import SupervisedDataset, stage_encoder
+from cambrian_train.data.lengths import LengthSpec
 from cambrian_train.data.loader import BatchStream, SkipStats
-from cambrian_train.data.sources import build_sampler, open_stage_records
+from cambrian_train.data.packing import RowPacker, collate_packed
+from cambrian_train.data.sources import build_sampler, open_stage_records, record_lengths
 from cambrian_train.eval.vqa import baselines, evaluate_vqa, load_questions
 from cambrian_train.models import build_model
 from cambrian_train.models.llm import load_tokenizer
@@ -109,15 +112,21 @@ def run_stage(
     records = open_stage_records(cfg.data, stage, cfg.seed)
     dataset = SupervisedDataset(records, encoder)
     skips = SkipStats(strict=cfg.data.strict)
-    collate_fn = functools.partial(
-        collate,
-        seq_len=stage.max_length,
-        max_images=cfg.data.max_images,
-        slot_len=encoder.slot_len,
-        pad_id=tokenizer.pad_token_id,
-        image_specs=encoder.image_specs,
-    )
     host_batch = backend.host_batch_size(stage.per_device_batch_size)
+    shape = dict(pad_id=tokenizer.pad_token_id, image_specs=encoder.image_specs)
+    if cfg.data.packing:  # rows of several samples (data/packing.py)
+        pack_length, pack_images = pack_shape(cfg.data, stage, encoder.slot_len)
+        shape.update(seq_len=pack_length, max_images=pack_images)
+        collate_fn = functools.partial(collate_packed, slot_len=encoder.slot_len, **shape)
+        log.info(
+            "stage %s: packing rows of %d tokens and %d image slots",
+            stage.name,
+            pack_length,
+            pack_images,
+        )
+    else:
+        shape.update(seq_len=stage.max_length, max_images=cfg.data.max_images)
+        collate_fn = functools.partial(collate, slot_len=encoder.slot_len, **shape)
     streams = []
 
     def open_stream(state: Optional[dict]) -> BatchStream:
@@ -133,12 +142,26 @@ def run_stage(
         )
         if state is not None and "skips" in state:
             skips.load_state_dict(state["skips"])
-        streams.append(
-            BatchStream(dataset, sampler, host_batch, collate_fn, skips, cfg.data.num_workers)
+        packer = None
+        if cfg.data.packing:  # a fresh one per stream: a resumed stream refills it
+            packer = RowPacker(host_batch, shape["seq_len"], shape["max_images"])
+        stream = BatchStream(
+            dataset,
+            sampler,
+            host_batch,
+            collate_fn,
+            skips,
+            cfg.data.num_workers,
+            packer=packer,
+            carry=(state or {}).get("carry"),
         )
-        return streams[-1]
+        streams.append(stream)
+        return stream
 
-    steps = planned_steps(stage, len(dataset))
+    tokens = None
+    if cfg.data.packing and stage.max_steps is None:  # epochs → steps needs the token count
+        tokens = int(record_lengths(records, LengthSpec.from_encoder(encoder)).lengths.sum())
+    steps = planned_steps(stage, len(dataset), tokens, shape["seq_len"])
     try:
         result = train_stage(
             stage,

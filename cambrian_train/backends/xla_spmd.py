@@ -46,7 +46,12 @@ AXES = ("data", "fsdp", "tensor")
 
 
 def _flatten(batch: Batch) -> dict:
-    flat = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    """Batch → {name: tensor} for the device loader (absent optional fields left out)."""
+    flat = {
+        f.name: getattr(batch, f.name)
+        for f in dataclasses.fields(batch)
+        if getattr(batch, f.name) is not None
+    }
     pixels = flat.pop("pixel_values")
     flat.update({f"pixel_values.{k}": v for k, v in pixels.items()})
     return flat

@@ -129,6 +129,10 @@ class DataConfig:
     # batches of one modality and similar true token length (data/sampler.py); false = shuffle
     group_by_length: bool = True
     length_group_batches: int = 16  # steps per length-sorted megabatch
+    # several samples per row (data/packing.py); a stage's global_batch_size then counts rows
+    packing: bool = False
+    pack_length: Optional[int] = None  # tokens per packed row; None = the stage's max_length
+    pack_images: Optional[int] = None  # image slots per packed row; None = what fits the row
 
 
 @dataclass

@@ -219,6 +219,30 @@ def _check_stages(cfg: TrainConfig, errors: list[str]) -> None:
                 f"{key}.max_length={st.max_length} leaves no room for text after "
                 f"data.max_images={cfg.data.max_images} x {slot} vision positions"
             )
+        if cfg.data.packing:
+            length, images = pack_shape(cfg.data, st, slot)
+            if length < st.max_length:
+                errors.append(
+                    f"data.pack_length={length} is shorter than {key}.max_length="
+                    f"{st.max_length}: a sample of that length could never be packed; raise "
+                    "data.pack_length (or leave it null: the stage's max_length)"
+                )
+            if images < cfg.data.max_images:
+                errors.append(
+                    f"data.pack_images={images} < data.max_images={cfg.data.max_images}: a "
+                    "sample with that many images could never be packed"
+                )
+
+
+def pack_shape(data, stage, slot_len: int) -> tuple:
+    """(tokens, image slots) of a packed row for ``stage``: ``data.pack_length`` (None = the
+    stage's max_length) and ``data.pack_images`` (None = as many images as the row could hold,
+    at least ``data.max_images``)."""
+    length = data.pack_length or stage.max_length
+    images = data.pack_images
+    if images is None:
+        images = max(data.max_images, length // slot_len)
+    return length, images
 
 
 def _is_remote(path: str) -> bool:
@@ -233,6 +257,15 @@ def _check_data(cfg: TrainConfig, errors: list[str]) -> None:
         )
     if d.max_images < 1:
         errors.append(f"data.max_images={d.max_images} must be >= 1")
+    if d.pack_length is not None and d.pack_length < 1:
+        errors.append(f"data.pack_length={d.pack_length} must be >= 1 (or null)")
+    if d.pack_images is not None and d.pack_images < 0:
+        errors.append(f"data.pack_images={d.pack_images} must be >= 0 (or null)")
+    if not d.packing and (d.pack_length is not None or d.pack_images is not None):
+        errors.append(
+            "data.pack_length / data.pack_images are set but data.packing=false: set "
+            "data.packing=true to pack, or leave them null"
+        )
     if d.synthetic is not None:
         return  # generated before training when missing
     needed = {"data.image_folder": d.image_folder}

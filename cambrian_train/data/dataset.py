@@ -41,6 +41,7 @@ class Sample:
     image_starts: List[int]
     pixel_values: Dict[str, torch.Tensor]  # tower -> [n_images, 3, S, S]
     image_boxes: torch.Tensor  # [n_images, 4] content box (images.content_box)
+    index: int = -1  # position in the data set (packing's resume state names carried samples)
 
 
 @dataclass
@@ -176,11 +177,11 @@ class SupervisedDataset(torch.utils.data.Dataset):
             if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
                 raise RecordError("bad_record", "not a dict with a 'conversations' list")
             record_id = str(record.get("id", record_id))
-            return self._sample(record, record_id)
+            return self._sample(record, record_id, index)
         except RecordError as err:
             return Skipped(index, record_id, err.reason, err.detail)
 
-    def _sample(self, record: dict, record_id: str) -> Sample:
+    def _sample(self, record: dict, record_id: str, index: int) -> Sample:
         try:
             turns = parse_turns(record["conversations"], record_id)
         except ValueError as err:
@@ -201,5 +202,11 @@ class SupervisedDataset(torch.utils.data.Dataset):
         encoded = self.encoder.encode_turns(turns, record_id)
         pixel_values, boxes = self.encoder.load_images(images)
         return Sample(
-            record_id, encoded.input_ids, encoded.labels, encoded.image_starts, pixel_values, boxes
+            record_id,
+            encoded.input_ids,
+            encoded.labels,
+            encoded.image_starts,
+            pixel_values,
+            boxes,
+            index,
         )

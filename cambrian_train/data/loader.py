@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import torch
 
 from cambrian_train.data.dataset import Sample, Skipped
+from cambrian_train.data.packing import RowPacker
 from cambrian_train.data.sampler import EpochSampler, IndexSampler
 
 __all__ = ["BatchStream", "Cursor", "DataError", "EpochSampler", "SkipStats", "batch_stream"]
@@ -70,10 +71,12 @@ def _identity(item):
 
 @dataclass
 class Cursor:
-    """Where a stream stands: sampler positions taken and batches yielded."""
+    """Where a stream stands: sampler positions taken, batches yielded and (packing) the
+    dataset indices of samples taken but not yet in a yielded batch."""
 
     position: int
     num_batches: int = 0
+    carry: List[int] = field(default_factory=list)
 
 
 class BatchStream:
@@ -95,11 +98,16 @@ class BatchStream:
         collate_fn: Callable[[List[Sample]], object],
         stats: SkipStats,
         num_workers: int = 0,
+        packer: Optional[RowPacker] = None,
+        carry: Optional[List[int]] = None,
     ):
+        """``packer``: pack samples into its rows (data/packing.py; ``collate_fn`` then takes
+        rows of samples) instead of one sample per row; ``carry``: the carried sample indices
+        of the state being resumed."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         self.sampler, self.stats = sampler, stats
-        self.cursor = Cursor(sampler.start)
+        self.cursor = Cursor(sampler.start, carry=list(carry or []))
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=None,
@@ -109,9 +117,15 @@ class BatchStream:
             persistent_workers=num_workers > 0,
         )
         # the generator holds no reference to self: dropping the stream stops the workers
-        self._batches = _full_batches(
-            loader, len(dataset), batch_size, collate_fn, stats, self.cursor
-        )
+        if packer is None:
+            self._batches = _full_batches(
+                loader, len(dataset), batch_size, collate_fn, stats, self.cursor
+            )
+        else:
+            carried = [dataset[i] for i in self.cursor.carry]  # re-read in this process
+            self._batches = _packed_batches(
+                loader, carried, len(dataset), packer, collate_fn, stats, self.cursor
+            )
 
     @property
     def position(self) -> int:
@@ -144,6 +158,7 @@ class BatchStream:
             **self.sampler.state_dict(self.cursor.position),
             "batches": self.cursor.num_batches,
             "skips": self.stats.state_dict(),
+            "carry": list(self.cursor.carry),
         }
 
 
@@ -177,6 +192,44 @@ def _full_batches(
             cursor.num_batches += 1
             taken = 0
             yield batch
+
+
+def _packed_batches(
+    loader: Iterable,
+    carried: List,
+    num_records: int,
+    packer: RowPacker,
+    collate_fn: Callable[[List[List[Sample]]], object],
+    stats: SkipStats,
+    cursor: Cursor,
+) -> Iterator[object]:
+    """Packed batches (data/packing.py): samples carried over from a resumed state first, then
+    the loader's; ``cursor`` advanced by the positions taken and set to the new carry just
+    before each batch is yielded."""
+    drawn_since_valid = 0
+    taken = 0
+
+    def items():
+        yield from ((item, False) for item in carried)
+        yield from ((item, True) for item in loader)
+
+    for item, from_loader in items():
+        taken += from_loader
+        if isinstance(item, Skipped):
+            stats.add(item)
+            drawn_since_valid += 1
+            if drawn_since_valid >= num_records * 2:
+                raise DataError(f"no usable record in the data set; skips: {stats.summary()}")
+            continue
+        drawn_since_valid = 0
+        if packer.add(item):
+            carry = [s.index for s in packer.carry]  # arrival order: a resume re-adds them in it
+            rows = packer.take()
+            cursor.position += taken
+            cursor.num_batches += 1
+            cursor.carry = carry
+            taken = 0
+            yield collate_fn(rows)
 
 
 def batch_stream(

@@ -7,6 +7,7 @@ against the config fields that pre-flight validation relied on.
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import torch
 from torch import nn
@@ -26,10 +27,26 @@ from cambrian_train.registry import LLMS
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+SEGMENTS_KWARG = "segment_ids"  # packed batches: [B, L] sample number per token, 0 = padding
+
+
+def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L] segment ids → [B, 1, L, L] bool: query t sees key s iff s <= t and both belong to
+    the same segment (block-diagonal causal; padding, segment 0, sees only padding)."""
+    length = segment_ids.shape[1]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    return (same & causal)[:, None]
+
+
 def _causal_sdpa(module, query, key, value, attention_mask, **kwargs):
-    """HF's SDPA attention with query and key in the value's dtype: under autocast the
-    projections come out in bf16, but RoPE's float32 cos/sin promote query and key back to
-    float32, and where autocast does not cover SDPA (XLA) the three would disagree."""
+    """HF's SDPA attention, causal, block-diagonal when the forward carries segment ids (a
+    packed batch), with query and key in the value's dtype: under autocast the projections come
+    out in bf16, but RoPE's float32 cos/sin promote query and key back to float32, and where
+    autocast does not cover SDPA (XLA) the three would disagree."""
+    segments = kwargs.pop(SEGMENTS_KWARG, None)
+    if segments is not None and query.shape[2] > 1:
+        attention_mask = segment_mask(segments)  # XLA and the compilers fold the repeats
     dtype = value.dtype
     return sdpa_attention_forward(
         module, query.to(dtype), key.to(dtype), value, attention_mask, **kwargs
@@ -37,9 +54,32 @@ def _causal_sdpa(module, query, key, value, attention_mask, **kwargs):
 
 
 # Registered under a name with no mask function: HF then builds no mask and SDPA runs with
-# is_causal (train/step.py's right-padded batches; see causal_attention).
+# is_causal (train/step.py's right-padded batches; see causal_attention), or with the segment
+# mask of a packed batch.
 CAUSAL_SDPA = "cambrian_causal_sdpa"
 AttentionInterface.register(CAUSAL_SDPA, _causal_sdpa)
+# attention functions that read SEGMENTS_KWARG themselves (backends register theirs here)
+SEGMENT_AWARE = {CAUSAL_SDPA}
+
+
+def packed_forward_kwargs(
+    llm: PreTrainedModel, position_ids: torch.Tensor, segment_ids: torch.Tensor, dtype
+) -> dict:
+    """Decoder-forward keyword arguments for a packed batch: per-sample position ids, and the
+    segments in the form the LLM's attention takes them — the segment ids themselves for the
+    attention functions of SEGMENT_AWARE, HF's own varlen path (from the position ids) for
+    flash attention, an explicit 4D mask otherwise (eager: additive)."""
+    kwargs = {"position_ids": position_ids}
+    impl = llm.config._attn_implementation
+    if impl in SEGMENT_AWARE:
+        kwargs[SEGMENTS_KWARG] = segment_ids
+    elif not impl.startswith("flash_attention"):
+        mask = segment_mask(segment_ids)
+        if impl == "eager":
+            zero = torch.zeros((), dtype=dtype, device=mask.device)
+            mask = torch.where(mask, zero, torch.finfo(dtype).min)
+        kwargs["attention_mask"] = mask
+    return kwargs
 
 
 @LLMS.register("hf_causal_lm")
@@ -106,20 +146,25 @@ def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
 
 
 @contextlib.contextmanager
-def causal_attention(llm: PreTrainedModel):
-    """Within: an SDPA LLM attends purely causally, with no padding mask built.
+def causal_attention(llm: PreTrainedModel, kernel: Optional[str] = None):
+    """Within: an SDPA LLM attends causally with no padding mask built, through ``kernel`` (an
+    attention function of SEGMENT_AWARE a backend registered, e.g. a TPU flash kernel) or the
+    causal SDPA above.
 
     For a right-padded batch this gives the same outputs at every real token (no real token
     attends to a later pad), and it avoids HF's mask preparation, which reads the padding mask
     and position ids on the host in every forward — a device sync per micro-batch on XLA and
-    CUDA. Other attention implementations are left as they are.
+    CUDA. Packed batches pass their segment ids (packed_forward_kwargs). Other attention
+    implementations are left as they are.
     """
     config = llm.config
     previous = config._attn_implementation
     if previous != "sdpa":
         yield
         return
-    config._attn_implementation = CAUSAL_SDPA
+    if (kernel or CAUSAL_SDPA) not in SEGMENT_AWARE:
+        raise ValueError(f"attention kernel {kernel!r} is not registered as segment-aware")
+    config._attn_implementation = kernel or CAUSAL_SDPA
     try:
         yield
     finally:

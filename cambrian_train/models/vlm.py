@@ -23,7 +23,12 @@ from cambrian_train.models.connectors.interleave import (
     LLMVisionContext,
     attach_samplers,
 )
-from cambrian_train.models.llm import causal_attention, decoder_layers, plain_linear_head
+from cambrian_train.models.llm import (
+    causal_attention,
+    decoder_layers,
+    packed_forward_kwargs,
+    plain_linear_head,
+)
 from cambrian_train.models.loss import token_loss
 from cambrian_train.models.multimodal import scatter_at
 from cambrian_train.models.vision.base import ImageSpec, VisionTower
@@ -165,11 +170,7 @@ class VisionLanguageModel(nn.Module):
         parameters in ``forward``.)"""
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction={reduction!r}: use 'mean' or 'sum'")
-        embeds, context = self.embed(batch)
-        with causal_attention(self.llm):  # training batches are right-padded (data/collate.py)
-            hidden = self.llm.get_decoder()(
-                inputs_embeds=embeds, use_cache=False, **self.llm_kwargs(context)
-            ).last_hidden_state  # [B, L, D], after the final norm
+        hidden = self.hidden_states(batch)
         # the head applied chunk by chunk: no [B*L, V] logits (models/loss.py)
         total, count = token_loss(
             hidden, self.llm.get_output_embeddings().weight, batch.labels, self.cfg.loss_chunk_size
@@ -177,3 +178,20 @@ class VisionLanguageModel(nn.Module):
         if reduction == "sum":
             return total, count
         return total / count.clamp(min=1.0)
+
+    def hidden_states(self, batch: Batch) -> torch.Tensor:
+        """The LLM's final hidden states [B, L, D] (after its final norm) for a training batch:
+        right-padded rows attend causally; packed rows (batch.py) attend within their samples
+        only, with per-sample positions. Run inside ``causal_attention`` (the trainer holds it
+        for a whole stage, so recomputed activations see the same attention)."""
+        embeds, context = self.embed(batch)
+        kwargs = self.llm_kwargs(context)
+        with causal_attention(self.llm):  # a no-op inside the trainer's (nested)
+            if batch.packed:
+                kwargs.update(
+                    packed_forward_kwargs(
+                        self.llm, batch.position_ids, batch.segment_ids, embeds.dtype
+                    )
+                )
+            decoder = self.llm.get_decoder()
+            return decoder(inputs_embeds=embeds, use_cache=False, **kwargs).last_hidden_state

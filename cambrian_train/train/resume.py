@@ -249,6 +249,9 @@ class Checkpointer:
             consumed = sum(s["sampler"].get("position", 0) for s in states)
             sampler = dict(states[0]["sampler"])
             sampler["position"] = consumed // self.backend.world_size
+            # packed streams: samples drawn but not yet packed, shared out over the new ranks
+            carry = [i for s in states for i in s["sampler"].get("carry", [])]
+            sampler["carry"] = carry[rank :: self.backend.world_size]
             return RankState(sampler, states[min(rank, saved_world - 1)]["rng"])
         state = self._read_rank(path, rank)
         return RankState(state["sampler"], state["rng"])

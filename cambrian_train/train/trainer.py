@@ -51,7 +51,10 @@ def _record_sizes(stream: Iterator[Batch], sizes: deque, cursor: Callable[[], di
     cursor just after each (read on the host, before any device transfer or prefetch, so
     throughput never costs a device sync and a checkpoint knows exactly what was consumed)."""
     for batch in stream:
-        sizes.append((int(batch.attention_mask.sum()), batch.batch_size, cursor()))
+        samples = batch.batch_size
+        if batch.packed:  # segments per row: their highest id
+            samples = int(batch.segment_ids.max(dim=1).values.sum())
+        sizes.append((int(batch.attention_mask.sum()), samples, cursor()))
         yield batch
 
 
@@ -65,10 +68,21 @@ class Persistence:
     restore_from: Optional[str] = None  # a step checkpoint to resume from
 
 
-def planned_steps(stage: StageConfig, num_records: int) -> int:
-    """Optimiser steps: ``max_steps``, or ceil(records × epochs / global batch)."""
+def planned_steps(
+    stage: StageConfig,
+    num_records: int,
+    num_tokens: Optional[int] = None,
+    row_length: Optional[int] = None,
+) -> int:
+    """Optimiser steps: ``max_steps``, or ceil(records × epochs / global batch); for packed
+    rows (``num_tokens``: the data's true token count) ceil(tokens × epochs / (global batch ×
+    ``row_length``)), which takes the rows as full: rows left partly empty make the pass over
+    the data a little shorter than ``epochs`` (the logs count samples)."""
     if stage.max_steps is not None:
         return stage.max_steps
+    if num_tokens is not None:
+        per_step = stage.global_batch_size * row_length
+        return max(1, math.ceil(num_tokens * stage.epochs / per_step))
     return max(1, math.ceil(num_records * stage.epochs / stage.global_batch_size))
 
 
@@ -120,7 +134,7 @@ def train_stage(
         while True:
             batch = next(batches)
             tokens, samples, cursor = sizes.popleft()
-            report.consumed(tokens, samples, samples * batch.input_ids.shape[1])
+            report.consumed(tokens, samples, batch.input_ids.numel())  # rows × L positions
             if report.flops_per_step is None:  # shapes are metadata: no device read
                 seq_len, num_images = batch.input_ids.shape[1], batch.image_mask.shape[1]
                 report.count_flops(model, stage, seq_len, num_images)

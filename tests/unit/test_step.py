@@ -8,8 +8,6 @@ losses divided by the global count must not.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -41,13 +39,7 @@ class GradCapture:
 
 
 def _rows(batch: Batch, rows: slice) -> Batch:
-    fields = {}
-    for f in dataclasses.fields(batch):
-        value = getattr(batch, f.name)
-        fields[f.name] = (
-            {k: v[rows] for k, v in value.items()} if isinstance(value, dict) else value[rows]
-        )
-    return Batch(**fields)
+    return batch.map(lambda t: t[rows])
 
 
 @pytest.fixture
