@@ -25,12 +25,11 @@ from cambrian_train import storage
 from cambrian_train.backends import build_backend
 from cambrian_train.backends.mesh import resolve_batches
 from cambrian_train.config.schema import TrainConfig
-from cambrian_train.config.validate import pack_shape
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import SupervisedDataset, stage_encoder
 from cambrian_train.data.lengths import LengthSpec
 from cambrian_train.data.loader import BatchStream, SkipStats
-from cambrian_train.data.packing import RowPacker, collate_packed
+from cambrian_train.data.packing import batch_shape, collate_rows
 from cambrian_train.data.sources import build_sampler, open_stage_records, record_lengths
 from cambrian_train.eval.vqa import baselines, evaluate_vqa, load_questions
 from cambrian_train.models import build_model
@@ -113,20 +112,15 @@ def run_stage(
     dataset = SupervisedDataset(records, encoder)
     skips = SkipStats(strict=cfg.data.strict)
     host_batch = backend.host_batch_size(stage.per_device_batch_size)
-    shape = dict(pad_id=tokenizer.pad_token_id, image_specs=encoder.image_specs)
-    if cfg.data.packing:  # rows of several samples (data/packing.py)
-        pack_length, pack_images = pack_shape(cfg.data, stage, encoder.slot_len)
-        shape.update(seq_len=pack_length, max_images=pack_images)
-        collate_fn = functools.partial(collate_packed, slot_len=encoder.slot_len, **shape)
-        log.info(
-            "stage %s: packing rows of %d tokens and %d image slots",
-            stage.name,
-            pack_length,
-            pack_images,
-        )
-    else:
-        shape.update(seq_len=stage.max_length, max_images=cfg.data.max_images)
-        collate_fn = functools.partial(collate, slot_len=encoder.slot_len, **shape)
+    shape = batch_shape(cfg.data, stage, encoder.slot_len)
+    collate_fn = functools.partial(
+        collate_rows if shape.uses_packer else collate,
+        slot_len=encoder.slot_len,
+        pad_id=tokenizer.pad_token_id,
+        image_specs=encoder.image_specs,
+        **shape.collate_kwargs(),
+    )
+    log.info("stage %s: %s", stage.name, shape.describe())
     streams = []
 
     def open_stream(state: Optional[dict]) -> BatchStream:
@@ -142,9 +136,7 @@ def run_stage(
         )
         if state is not None and "skips" in state:
             skips.load_state_dict(state["skips"])
-        packer = None
-        if cfg.data.packing:  # a fresh one per stream: a resumed stream refills it
-            packer = RowPacker(host_batch, shape["seq_len"], shape["max_images"])
+        packer = shape.packer(host_batch)  # a fresh one per stream: a resume refills it
         stream = BatchStream(
             dataset,
             sampler,
@@ -161,7 +153,7 @@ def run_stage(
     tokens = None
     if cfg.data.packing and stage.max_steps is None:  # epochs → steps needs the token count
         tokens = int(record_lengths(records, LengthSpec.from_encoder(encoder)).lengths.sum())
-    steps = planned_steps(stage, len(dataset), tokens, shape["seq_len"])
+    steps = planned_steps(stage, len(dataset), tokens, shape.seq_len)
     try:
         result = train_stage(
             stage,

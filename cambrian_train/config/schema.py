@@ -133,6 +133,9 @@ class DataConfig:
     packing: bool = False
     pack_length: Optional[int] = None  # tokens per packed row; None = the stage's max_length
     pack_images: Optional[int] = None  # image slots per packed row; None = what fits the row
+    # image slots shared by the rows of one device's micro-batch (batch.py), instead of slots
+    # per row: text-only rows then run no tower; None = per row (max_images / pack_images)
+    image_budget: Optional[int] = None
 
 
 @dataclass

@@ -261,6 +261,17 @@ def _check_data(cfg: TrainConfig, errors: list[str]) -> None:
         errors.append(f"data.pack_length={d.pack_length} must be >= 1 (or null)")
     if d.pack_images is not None and d.pack_images < 0:
         errors.append(f"data.pack_images={d.pack_images} must be >= 0 (or null)")
+    if d.image_budget is not None:
+        if d.image_budget < d.max_images:
+            errors.append(
+                f"data.image_budget={d.image_budget} < data.max_images={d.max_images}: a "
+                "sample with that many images could never be batched"
+            )
+        if d.pack_images is not None:
+            errors.append(
+                "data.pack_images (slots per packed row) and data.image_budget (slots per "
+                "micro-batch) are both set: keep one"
+            )
     if not d.packing and (d.pack_length is not None or d.pack_images is not None):
         errors.append(
             "data.pack_length / data.pack_images are set but data.packing=false: set "

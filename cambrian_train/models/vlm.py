@@ -122,7 +122,7 @@ class VisionLanguageModel(nn.Module):
         return torch.cat([grid, newline], dim=2).reshape(n, self.slot_len, d), towers
 
     def grid_positions(self, batch: Batch) -> torch.Tensor:
-        """Sequence positions of the h*w visual tokens, newline slots dropped: [B, I, h*w]."""
+        """Sequence positions of the h*w visual tokens, newline slots dropped: [G, I, h*w]."""
         if self.image_newline is None:
             return batch.vision_positions
         b, i, _ = batch.vision_positions.shape
@@ -132,10 +132,10 @@ class VisionLanguageModel(nn.Module):
     def embed(self, batch: Batch):
         """→ (token embeddings with vision tokens scattered in [B, L, D], the LLM-side vision
         context for in-LLM SVA layers or None)."""
-        b, i = batch.image_mask.shape
-        flat = {k: v.flatten(0, 1) for k, v in batch.pixel_values.items()}  # [B*I, 3, S, S]
+        g, i = batch.image_mask.shape  # image groups (batch.py)
+        flat = {k: v.flatten(0, 1) for k, v in batch.pixel_values.items()}  # [G*I, 3, S, S]
         vision, towers = self.encode_images(flat, batch.image_boxes.flatten(0, 1))
-        vision = vision.reshape(b, i, self.slot_len, -1)  # [B, I, Q, D]
+        vision = vision.reshape(g, i, self.slot_len, -1)  # [G, I, Q, D]
         embeds = self.llm.get_input_embeddings()(batch.input_ids)  # [B, L, D]
         embeds = scatter_at(embeds, batch.vision_positions, vision, batch.image_mask)
         if not self.has_llm_samplers:

@@ -136,7 +136,8 @@ def train_stage(
             tokens, samples, cursor = sizes.popleft()
             report.consumed(tokens, samples, batch.input_ids.numel())  # rows × L positions
             if report.flops_per_step is None:  # shapes are metadata: no device read
-                seq_len, num_images = batch.input_ids.shape[1], batch.image_mask.shape[1]
+                seq_len = batch.input_ids.shape[1]
+                num_images = batch.image_mask.numel() / batch.batch_size  # slots per row
                 report.count_flops(model, stage, seq_len, num_images)
             yield batch
 

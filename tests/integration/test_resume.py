@@ -149,6 +149,26 @@ def test_sigterm_saves_and_exits_75_then_resumes_exactly(synthetic_root, tmp_pat
     ]
 
 
+PACKED = ["data.packing=true", "data.pack_length=336", "stages.finetune.global_batch_size=2"]
+
+
+def test_packed_stream_crash_then_resume_auto_is_exact(synthetic_root, tmp_path):
+    """Packing keeps a carry of drawn-but-unpacked samples: a resume restores it exactly."""
+    steps = 8
+    full = tmp_path / "full"
+    code, out = finish(launch(overrides(synthetic_root, full, steps, PACKED), tmp_path))
+    assert code == 0, out[-3000:]
+    assert "packed rows of 336 positions" in out
+    run = tmp_path / "run"
+    args = overrides(synthetic_root, run, steps, PACKED)
+    code, out = finish(launch(args, tmp_path, {CRASH_ENV: "4"}))
+    assert code == 13, out[-3000:]
+    code, out = finish(launch([*args, "resume=auto"], tmp_path))
+    assert code == 0, out[-3000:]
+    reference, resumed = losses(full), losses(run)
+    assert [resumed[s] for s in range(3, steps + 1)] == [reference[s] for s in range(3, steps + 1)]
+
+
 @pytest.mark.slow
 def test_xla_resume_is_exact_and_reshards_4_to_2(synthetic_root, tmp_path):
     xla = ["backend=xla_spmd"]

@@ -17,7 +17,7 @@ from cambrian_train.config.schema import (
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import Sample, Skipped
 from cambrian_train.data.loader import BatchStream, SkipStats
-from cambrian_train.data.packing import RowPacker, collate_packed
+from cambrian_train.data.packing import RowPacker, collate_packed, collate_rows
 from cambrian_train.data.sampler import EpochSampler
 from cambrian_train.models import build_model
 from cambrian_train.models.loss import next_token_targets
@@ -162,8 +162,28 @@ def test_packer_first_fit_and_carry():
     assert [[s.index for s in r] for r in rows] == [[0, 2], [1, 4]]
     assert carried == [3, 5]
     assert [[s.index for s in r.samples] for r in packer.rows] == [[3, 5], []]
-    with pytest.raises(ValueError, match="data.pack_images=2"):
+    with pytest.raises(ValueError, match="3 images cannot fit .* 2 image slots"):
         packer.add(make_sample(9, 80, 3, gen))
+
+
+def test_shared_image_budget_equals_per_row_slots():
+    """Rows of a micro-batch sharing one image budget (text-only rows take no slot) compute
+    what one-slot-per-row batches compute, with fewer tower images."""
+    gen = torch.Generator().manual_seed(2)
+    samples = [make_sample(i, n, k, gen) for i, (n, k) in enumerate(SAMPLES)]  # 5 images
+    model = build("sva")
+    specs = model.image_specs()
+    plain = collate(samples, 96, 2, SLOT, 0, specs)  # 6 rows x 2 slots = 12 tower images
+    packer = RowPacker(6, 96, 3, group_rows=3, max_per_row=1)
+    assert not any(packer.add(s) for s in samples[:-1]) and packer.add(samples[-1])
+    rows = packer.take()
+    assert [len(r) for r in rows] == [1] * 6
+    batch = collate_rows(rows, 96, 3, SLOT, 0, specs, group_rows=3, packed=False)
+    assert not batch.packed and batch.image_mask.shape == (2, 3)  # 6 tower images
+    order = [r[0].index for r in rows]
+    assert sorted(order) == list(range(6))
+    ref = per_token_losses(model, plain)[order]
+    torch.testing.assert_close(per_token_losses(model, batch), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_packer_respects_the_image_budget():
@@ -173,6 +193,12 @@ def test_packer_respects_the_image_budget():
         packer.add(make_sample(i, 50, 2, gen))  # each fills a row's image slots
     assert [[s.index for s in r.samples] for r in packer.rows] == [[0], [1]]
     assert [s.index for s in packer.carry] == [2]
+    # one budget of 3 images for both rows: the second 2-image sample waits, text goes in
+    packer = RowPacker(2, 200, 3, group_rows=2)
+    for i, k in enumerate([2, 2, 0, 1]):
+        packer.add(make_sample(i, 50, k, gen))
+    assert [[s.index for s in r.samples] for r in packer.rows] == [[0, 2, 3], []]
+    assert [s.index for s in packer.carry] == [1]
 
 
 class ListData(torch.utils.data.Dataset):
@@ -236,3 +262,37 @@ def test_packed_stream_resumes_exactly():
     assert len(seen) > len(valid)
     assert sorted(set(seen)) == valid
     assert max(seen.count(i) for i in valid) == 2
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["data.packing=true", "data.pack_length=64"], "data.pack_length=64 is shorter than"),
+        (["data.pack_length=256"], "data.packing=false"),
+        (["data.image_budget=0"], "data.image_budget=0 < data.max_images=1"),
+        (
+            ["data.packing=true", "data.pack_images=2", "data.image_budget=4"],
+            "both set: keep one",
+        ),
+    ],
+)
+def test_packing_settings_are_checked_before_start(compose, tiny_overrides, extra, message):
+    from cambrian_train.config.validate import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        compose([*tiny_overrides, *extra], validate_it=True)
+
+
+def test_batch_shape_from_the_config(compose, tiny_overrides):
+    from cambrian_train.data.packing import batch_shape
+
+    cfg = compose([*tiny_overrides, "data.packing=true", "data.pack_length=448"])
+    stage = cfg.stages["finetune"]  # max_length 112
+    shape = batch_shape(cfg.data, stage, 20)
+    assert (shape.seq_len, shape.images, shape.group_rows) == (448, 448 // 20, 1)
+    packer = shape.packer(4)
+    assert packer.max_per_row is None and packer.images == 22
+    cfg = compose([*tiny_overrides, "data.image_budget=3"])
+    shape = batch_shape(cfg.data, cfg.stages["finetune"], 20)  # per device batch 2
+    assert (shape.seq_len, shape.images, shape.group_rows, shape.packing) == (112, 3, 2, False)
+    assert shape.packer(4).max_per_row == 1
