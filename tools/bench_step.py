@@ -20,7 +20,9 @@ Variants, each at ``--batch`` rows of ``--length`` positions:
   the real images; its loss builds the full logits);
 - ``padded``: ours, one sample per row padded to L, one image slot per row;
 - ``packed``: ours with ``data.packing`` (first-fit rows of L tokens, ``pack_images`` slots per
-  row) on the same sample stream.
+  row) on the same sample stream;
+- ``packed_budget``: packed, with one budget of ``--image-budget`` image slots shared by the
+  step's rows (``data.image_budget``): the tower runs on fewer empty slots.
 
 Printed: per variant the median step time, useful (supervised-or-not, non-pad) tokens per
 second, samples per step, padding fraction; the ratios packed/padded and ours/HF.
@@ -48,7 +50,7 @@ from transformers import (
 from cambrian_train.config.schema import ConnectorConfig, LLMConfig, ModelConfig, VisionTowerConfig
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import Sample
-from cambrian_train.data.packing import RowPacker, collate_packed
+from cambrian_train.data.packing import RowPacker, collate_rows
 from cambrian_train.models import build_model
 from cambrian_train.models.llm import causal_attention
 
@@ -159,12 +161,13 @@ def padded_batches(samples, rows: int, length: int, specs):
         yield collate(chunk, length, 1, TOKENS, 0, specs), len(chunk)
 
 
-def packed_batches(samples, rows: int, length: int, images: int, specs):
-    packer = RowPacker(rows, length, images)
+def packed_batches(samples, rows: int, length: int, images: int, specs, group_rows: int = 1):
+    packer = RowPacker(rows, length, images, group_rows=group_rows)
     for s in samples:
         if packer.add(s):
             taken = packer.take()
-            yield collate_packed(taken, length, images, TOKENS, 0, specs), sum(map(len, taken))
+            batch = collate_rows(taken, length, images, TOKENS, 0, specs, group_rows=group_rows)
+            yield batch, sum(map(len, taken))
 
 
 def llava_inputs(batch) -> dict:
@@ -196,6 +199,9 @@ def main(argv=None) -> int:
     parser.add_argument("--length", type=int, default=1024, help="L: positions per row")
     parser.add_argument("--batch", type=int, default=4, help="rows per step")
     parser.add_argument("--pack-images", type=int, default=3, help="image slots per packed row")
+    parser.add_argument(
+        "--image-budget", type=int, default=8, help="image slots per step (packed_budget)"
+    )
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=32000)
@@ -211,7 +217,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as root:
         llama, clip = save_checkpoints(root, args)
         models = {"padded": ours(root, args)}
-        models["packed"] = models["padded"]  # the same model: only the batches differ
+        # the same model: only the batches differ
+        models["packed"] = models["packed_budget"] = models["padded"]
         if not args.skip_hf:
             models["hf_llava"] = hf_llava(llama, clip)
     specs = models["padded"].image_specs()
@@ -220,6 +227,9 @@ def main(argv=None) -> int:
     streams = {
         "padded": padded_batches(samples, args.batch, args.length, specs),
         "packed": packed_batches(samples, args.batch, args.length, args.pack_images, specs),
+        "packed_budget": packed_batches(
+            samples, args.batch, args.length, args.image_budget, specs, group_rows=args.batch
+        ),
     }
     if "hf_llava" in models:
         streams["hf_llava"] = padded_batches(samples, args.batch, args.length, specs)
@@ -230,6 +240,7 @@ def main(argv=None) -> int:
     times = {name: [] for name in streams}
     tokens = {name: [] for name in streams}
     counts = {name: [] for name in streams}
+    slots = {name: [] for name in streams}
     for step in range(args.steps + 1):  # step 0 warms up
         for name, stream in streams.items():
             batch, count = next(stream)
@@ -240,22 +251,31 @@ def main(argv=None) -> int:
                 times[name].append(seconds)
                 tokens[name].append(int(batch.attention_mask.sum()))
                 counts[name].append(count)
+                slots[name].append(batch.image_mask.numel())
     positions = args.batch * args.length
     print(
         f"rows {args.batch} x {args.length} positions; Llama {args.layers} x {args.hidden}, "
         f"vocab {args.vocab}; CLIP {args.vision_layers} x {args.vision_hidden} at {IMAGE} px "
         f"({TOKENS} tokens); mix: 80% one image + text (median 110), 20% text-only (median 300)"
     )
-    print("| variant | step s (median) | useful tokens/s | samples/step | padding |")
-    print("|---|---|---|---|---|")
+    print(
+        "| variant | step s (median) | useful tokens/s | samples/step | image slots/step "
+        "| padding |"
+    )
+    print("|---|---|---|---|---|---|")
     rate = {}
     for name in streams:
         step_s = statistics.median(times[name])
         rate[name] = sum(tokens[name]) / sum(times[name])
         pad = 1 - sum(tokens[name]) / (positions * len(tokens[name]))
         samples_per_step = sum(counts[name]) / len(counts[name])
-        print(f"| {name} | {step_s:.3f} | {rate[name]:.0f} | {samples_per_step:.1f} | {pad:.1%} |")
+        tower = statistics.mean(slots[name]) if name != "hf_llava" else float("nan")
+        print(
+            f"| {name} | {step_s:.3f} | {rate[name]:.0f} | {samples_per_step:.1f} | "
+            f"{tower:.0f} | {pad:.1%} |"
+        )
     print(f"packed / padded useful tokens/s: {rate['packed'] / rate['padded']:.2f}x")
+    print(f"packed_budget / padded useful tokens/s: {rate['packed_budget'] / rate['padded']:.2f}x")
     if "hf_llava" in rate:
         hf_s = statistics.median(times["hf_llava"])
         print(
