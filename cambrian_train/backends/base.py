@@ -102,6 +102,11 @@ class Backend(abc.ABC):
         with single_process_ok():
             dcp.load(state, storage_reader=HuggingFaceStorageReader(checkpoint_dir))
 
+    def training_attention(self) -> Optional[str]:
+        """The attention function the LLM trains with (a name registered as segment-aware in
+        models/llm.py), or None for the causal SDPA every backend has."""
+        return None
+
     def move_batch(self, batch: Batch) -> Batch:
         return batch.to(self.device)
 

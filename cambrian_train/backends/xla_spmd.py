@@ -33,6 +33,7 @@ from torch import nn
 
 from cambrian_train.backends.base import Backend, dcp_storage
 from cambrian_train.backends.sharding import plan_sharding, sharding_rules
+from cambrian_train.backends.xla_attention import register_flash_attention
 from cambrian_train.batch import Batch
 from cambrian_train.models.weights import (
     move_materialized,
@@ -202,6 +203,18 @@ class XlaSpmdBackend(Backend):
     def compile_count(self) -> Optional[int]:
         data = met.metric_data("CompileTime")
         return int(data[0]) if data else 0
+
+    def training_attention(self) -> Optional[str]:
+        """torch_xla's Pallas flash kernel on TPU (``backend.attention`` auto or flash)."""
+        choice = self.cfg.attention
+        if choice == "sdpa" or (choice == "auto" and xr.device_type() != "TPU"):
+            return None
+        if xr.device_type() != "TPU":
+            raise RuntimeError(
+                f"backend.attention=flash needs a TPU; this runtime's devices are "
+                f"{xr.device_type()} (set backend.attention=auto)"
+            )
+        return register_flash_attention(self.spmd_mesh, self.mesh.tensor > 1)
 
     def device_kind(self) -> str:
         """ "TPU v4", "TPU v5litepod", "TPU v5p", "TPU v6e" (from the TPU VM's accelerator type,

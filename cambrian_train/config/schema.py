@@ -181,6 +181,10 @@ class BackendConfig:
     # dense bf16 peak TFLOP/s of one device for the logged MFU; None = from the device's kind
     # (train/mfu.py PEAK_TFLOPS), no MFU where it is unknown (CPU)
     peak_tflops: Optional[float] = None
+    # the LLM's training attention: auto (the TPU flash kernel on TPU, SDPA elsewhere) |
+    # sdpa | flash (torch_xla's Pallas kernel; TPU only). model.llm.attn_implementation must
+    # be sdpa for either to apply.
+    attention: str = "auto"
 
 
 @dataclass

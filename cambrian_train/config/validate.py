@@ -383,6 +383,15 @@ def _check_runtime(cfg: TrainConfig, errors: list[str]) -> None:
         errors.append(f"backend.name={cfg.backend.name!r} is not one of {known}")
     if cfg.backend.dtype not in DTYPES:
         errors.append(f"backend.dtype={cfg.backend.dtype!r} is not one of {list(DTYPES)}")
+    if cfg.backend.attention not in ("auto", "sdpa", "flash"):
+        errors.append(
+            f"backend.attention={cfg.backend.attention!r} is not one of ['auto', 'sdpa', 'flash']"
+        )
+    elif cfg.backend.attention == "flash" and cfg.backend.name != "xla_spmd":
+        errors.append(
+            "backend.attention=flash is torch_xla's Pallas kernel, on backend=xla_spmd (TPU) "
+            f"only; backend={cfg.backend.name} trains with sdpa (set backend.attention=auto)"
+        )
     if mesh.tensor > 1 and cfg.backend.name != "xla_spmd":
         errors.append(
             f"mesh.tensor={mesh.tensor}: tensor parallelism is implemented on backend=xla_spmd "

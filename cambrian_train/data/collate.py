@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, Iterable, List, Tuple
 
 import torch
 
@@ -10,6 +10,22 @@ from cambrian_train.batch import Batch
 from cambrian_train.data.dataset import Sample
 from cambrian_train.data.tokenize import IGNORE_INDEX
 from cambrian_train.models.vision.base import ImageSpec
+
+
+def pixel_buffers(
+    image_specs: Dict[str, ImageSpec], slots: Tuple[int, int], samples: Iterable[Sample]
+) -> Dict[str, torch.Tensor]:
+    """Zeroed {tower: [*slots, 3, S, S]} in the samples' pixel dtype (uint8 from the data
+    pipeline; float where a caller made normalised samples), uint8 when no sample has one."""
+    dtypes = {name: torch.uint8 for name in image_specs}
+    for s in samples:
+        for name, values in s.pixel_values.items():
+            if values.shape[0]:
+                dtypes[name] = values.dtype
+    return {
+        name: torch.zeros(*slots, 3, spec.image_size, spec.image_size, dtype=dtypes[name])
+        for name, spec in image_specs.items()
+    }
 
 
 def collate(
@@ -29,10 +45,7 @@ def collate(
     positions = torch.zeros((b, max_images, slot_len), dtype=torch.long)
     image_mask = torch.zeros((b, max_images), dtype=torch.bool)
     boxes = torch.tensor([0.0, 0.0, 1.0, 1.0]).repeat(b, max_images, 1)
-    pixels = {
-        name: torch.zeros(b, max_images, 3, spec.image_size, spec.image_size)
-        for name, spec in image_specs.items()
-    }
+    pixels = pixel_buffers(image_specs, (b, max_images), samples)
     for row, s in enumerate(samples):
         n = len(s.input_ids)
         assert n <= seq_len, f"sample {s.id} has {n} tokens > {seq_len}"

@@ -39,7 +39,7 @@ class Sample:
     input_ids: List[int]
     labels: List[int]
     image_starts: List[int]
-    pixel_values: Dict[str, torch.Tensor]  # tower -> [n_images, 3, S, S]
+    pixel_values: Dict[str, torch.Tensor]  # tower -> [n_images, 3, S, S] uint8 (or normalised)
     image_boxes: torch.Tensor  # [n_images, 4] content box (images.content_box)
     index: int = -1  # position in the data set (packing's resume state names carried samples)
 
@@ -73,7 +73,7 @@ class ImageTextEncoder:
     def load_images(
         self, refs: Sequence[Union[str, bytes]]
     ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
-        """Decode and preprocess → ({tower: [n, 3, S, S]}, boxes [n, 4]).
+        """Decode and preprocess → ({tower: [n, 3, S, S] uint8}, boxes [n, 4]).
 
         A ref is a path (relative to ``image_folder``) or encoded image bytes (benchmarks that
         embed their images). RecordError reasons: missing_image, bad_image.
@@ -86,7 +86,9 @@ class ImageTextEncoder:
                 per_tower[name].append(tensor)
             boxes.append(content_box(img.width, img.height, self.aspect_ratio))
         pixels = {
-            name: torch.stack(ts) if ts else torch.zeros(0, 3, s.image_size, s.image_size)
+            name: torch.stack(ts)
+            if ts
+            else torch.zeros(0, 3, s.image_size, s.image_size, dtype=torch.uint8)
             for (name, ts), s in zip(per_tower.items(), self.image_specs.values())
         }
         return pixels, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)

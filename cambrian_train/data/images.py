@@ -1,7 +1,10 @@
-"""Image loading and per-tower preprocessing (pad-to-square or resize, then normalise).
+"""Image loading and per-tower preprocessing (pad-to-square or resize).
 
 Each tower's :class:`ImageSpec` (size, mean, std from its own processor) drives the transform, so
-several towers with different resolutions and statistics are fed from one decoded image.
+several towers with different resolutions and statistics are fed from one decoded image. The
+pipeline hands the model uint8 pixels (a quarter of float32's bytes through loader workers'
+shared memory and host→device copies); the model normalises them with each tower's mean and
+std on the device (``models/vision/base.py`` ``normalize_pixels``).
 """
 
 from __future__ import annotations
@@ -50,15 +53,15 @@ def content_box(width: int, height: int, aspect_ratio: str) -> Tuple[float, floa
 
 
 def to_tensor(img: Image.Image, spec: ImageSpec, aspect_ratio: str) -> torch.Tensor:
-    """RGB image → normalised [3, S, S] float tensor for one tower."""
+    """RGB image → [3, S, S] uint8 pixels for one tower (padded with its mean colour, or
+    stretched), not yet normalised."""
     if aspect_ratio == "pad":
         img = pad_to_square(img, tuple(int(round(m * 255)) for m in spec.mean))
     elif aspect_ratio != "resize":
         raise ValueError(f"image_aspect_ratio={aspect_ratio!r} is not one of ['pad', 'resize']")
     img = img.resize((spec.image_size, spec.image_size), Image.Resampling.BICUBIC)
-    array = np.asarray(img, dtype=np.float32) / 255.0  # [S, S, 3]
-    array = (array - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    array = np.asarray(img, dtype=np.uint8)  # [S, S, 3]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 def tower_tensors(

@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-
 from cambrian_train.config.schema import StageConfig, TrainConfig
 from cambrian_train.data.dataset import (
     ImageTextEncoder,
@@ -75,16 +73,16 @@ def _image_lines(encoder: ImageTextEncoder, paths: List[str]) -> List[str]:
 
 
 def save_tower_images(encoder: ImageTextEncoder, paths: List[str], out: Path, stem: str):
-    """Each tower's preprocessed image (normalisation undone) as ``{stem}-{k}-{tower}.png``."""
+    """Each tower's preprocessed image (the uint8 pixels the model normalises) as
+    ``{stem}-{k}-{tower}.png``."""
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
     pixels, _ = encoder.load_images(paths)
     written = []
-    for name, spec in encoder.image_specs.items():
-        mean, std = torch.tensor(spec.mean)[:, None, None], torch.tensor(spec.std)[:, None, None]
-        for k, tensor in enumerate(pixels[name]):  # [3, S, S]
-            rgb = ((tensor * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0)
+    for name in encoder.image_specs:
+        for k, tensor in enumerate(pixels[name]):  # [3, S, S] uint8
+            rgb = tensor.permute(1, 2, 0).contiguous()
             target = out / f"{stem}-{k}-{name}.png"
             Image.fromarray(rgb.numpy()).save(target)
             written.append(target)

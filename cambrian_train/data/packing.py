@@ -29,6 +29,7 @@ from typing import Dict, List, Optional
 import torch
 
 from cambrian_train.batch import Batch
+from cambrian_train.data.collate import pixel_buffers
 from cambrian_train.data.dataset import Sample
 from cambrian_train.data.tokenize import IGNORE_INDEX
 from cambrian_train.models.vision.base import ImageSpec
@@ -134,10 +135,7 @@ def collate_rows(
     positions = torch.zeros((g, max_images, slot_len), dtype=torch.long)
     image_mask = torch.zeros((g, max_images), dtype=torch.bool)
     boxes = torch.tensor([0.0, 0.0, 1.0, 1.0]).repeat(g, max_images, 1)
-    pixels = {
-        name: torch.zeros(g, max_images, 3, spec.image_size, spec.image_size)
-        for name, spec in image_specs.items()
-    }
+    pixels = pixel_buffers(image_specs, (g, max_images), (s for r in rows for s in r))
     slots = [0] * g
     for r, samples in enumerate(rows):
         if not packed and len(samples) > 1:

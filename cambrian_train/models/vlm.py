@@ -31,7 +31,7 @@ from cambrian_train.models.llm import (
 )
 from cambrian_train.models.loss import token_loss
 from cambrian_train.models.multimodal import scatter_at
-from cambrian_train.models.vision.base import ImageSpec, VisionTower
+from cambrian_train.models.vision.base import ImageSpec, VisionTower, normalize_pixels
 
 
 class VisionLanguageModel(nn.Module):
@@ -110,9 +110,13 @@ class VisionLanguageModel(nn.Module):
         }
 
     def encode_images(self, pixel_values: Dict[str, torch.Tensor], boxes=None):
-        """{tower: [N, 3, S, S]}, boxes [N, 4] → (vision tokens [N, slot_len, D] with rows
+        """{tower: [N, 3, S, S] uint8 (or normalised float)}, boxes [N, 4] → (vision tokens
+        [N, slot_len, D] with rows
         closed by newlines, the connector's tower context or None)."""
-        features = {name: tower(pixel_values[name]) for name, tower in self.towers.items()}
+        features = {
+            name: tower(normalize_pixels(pixel_values[name], tower.image_spec))
+            for name, tower in self.towers.items()
+        }
         tokens, towers = self.connector(features, boxes)  # [N, h*w, D]
         if self.image_newline is None:
             return tokens, towers

@@ -90,6 +90,7 @@ class StepLog:
         self.flops_per_step: Optional[float] = None  # model FLOPs of one global step
         self.peak = _peak(backend)  # TFLOP/s of one device, None where unknown
         self.window_positions = 0  # sequence positions (padding included) in the window
+        self.window_wait = 0.0  # seconds the loop waited for its next batch in the window
 
     def consumed(self, tokens: int, samples: int, positions: int) -> None:
         """A host micro-batch went into the step (counts read on the host before transfer):
@@ -99,6 +100,10 @@ class StepLog:
         self.window_positions += positions
         self.tokens += tokens
         self.samples += samples
+
+    def waited(self, seconds: float) -> None:
+        """The loop spent ``seconds`` waiting for a batch (loader, collate, transfer)."""
+        self.window_wait += seconds
 
     def count_flops(self, model, stage: StageConfig, seq_len: int, num_images: int) -> None:
         """Model FLOPs of one global step (train/flops.py), once, from the first batch's shape;
@@ -156,8 +161,11 @@ class StepLog:
             "grad_norm": float(out.grad_norm),
             "step_s": elapsed / len(losses),
             "tokens_per_s": self.window_tokens / elapsed,  # real (non-pad) tokens, this host
+            "positions_per_s": self.window_positions / elapsed,  # padding included
             "samples_per_s": self.window_samples / elapsed,
             "padding_fraction": 1.0 - self.window_tokens / max(1, self.window_positions),
+            # of the interval's wall time, spent waiting for input: > 0.05 means data-bound
+            "data_wait_fraction": self.window_wait / elapsed,
             **{f"lr/{name}": lr for name, lr in lrs.items()},
             "skipped_steps": int(self.skipped_total),
         }
@@ -178,7 +186,7 @@ class StepLog:
         self.final_loss = losses[-1]
         self.pending, self.d2h_in_steps = [], 0
         self.window_start, self.window_tokens, self.window_samples = time.perf_counter(), 0, 0
-        self.window_positions = 0
+        self.window_positions, self.window_wait = 0, 0.0
         lr = next(iter(lrs.values()), float("nan"))
         self.line = (
             f"[{stage.name}] step {step}/{self.total_steps} loss {self.final_loss:.4f} "

@@ -132,7 +132,9 @@ def train_stage(
     def micro_batches() -> Iterator[Batch]:
         nonlocal cursor
         while True:
+            waiting = time.perf_counter()
             batch = next(batches)
+            report.waited(time.perf_counter() - waiting)
             tokens, samples, cursor = sizes.popleft()
             report.consumed(tokens, samples, batch.input_ids.numel())  # rows × L positions
             if report.flops_per_step is None:  # shapes are metadata: no device read
@@ -147,7 +149,7 @@ def train_stage(
     start = time.perf_counter()
     # the LLM attends causally without a padding mask for the whole stage, so activation
     # recomputation in the backward runs the same attention as the forward (models/llm.py)
-    with causal_attention(model.llm):
+    with causal_attention(model.llm, backend.training_attention()):
         for step in range(start_step + 1, total_steps + 1):
             transfers = backend.transfer_count()
             out = train_step(feed)

@@ -16,7 +16,7 @@ from cambrian_train.data.loader import DataError, EpochSampler, SkipStats, batch
 from cambrian_train.data.records import open_records
 from cambrian_train.data.templates import get_template
 from cambrian_train.models.llm import load_tokenizer
-from cambrian_train.models.vision.base import ImageSpec
+from cambrian_train.models.vision.base import ImageSpec, normalize_pixels
 from cambrian_train.tiny import ensure_asset
 
 SPECS = {
@@ -114,7 +114,9 @@ def test_every_reason(dirty):
     assert good["good"].pixel_values["b"].shape == (1, 3, 16, 16)
     assert good["text-only"].pixel_values["a"].shape == (0, 3, 32, 32)
     # pad-to-square: the 40x20 red image has mean-coloured bands top and bottom
-    top = good["good"].pixel_values["a"][0, :, 0, 16]
+    pixels = good["good"].pixel_values["a"]
+    assert pixels.dtype == torch.uint8  # normalised on the device, by the model
+    top = normalize_pixels(pixels, SPECS["a"])[0, :, 0, 16]
     torch.testing.assert_close(top, torch.zeros(3), atol=0.02, rtol=0)
 
 

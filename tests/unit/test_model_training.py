@@ -209,3 +209,28 @@ def test_logged_throughput_padding_and_mfu(setup, tmp_path):
     ).total
     assert row["model_tflops_per_device"] == pytest.approx(flops / row["step_s"] / 1e12, rel=1e-6)
     assert row["mfu"] == pytest.approx(row["model_tflops_per_device"] / 50.0, rel=1e-6)
+    assert row["positions_per_s"] == pytest.approx(mask.numel() / row["step_s"], rel=1e-6)
+    assert 0.0 <= row["data_wait_fraction"] < 1.0
+
+
+def test_data_wait_fraction_sees_a_slow_loader(setup, tmp_path):
+    """A loader that sleeps 0.3 s per batch shows as most of the interval's time."""
+    import time
+
+    cfg, model, tokenizer = setup
+    stage = dataclasses.replace(cfg.stages["pretrain"], log_every=3)
+    groups = apply_stage(model, stage)
+    backend = build_backend(cfg.backend, cfg.mesh)
+    logger = RunLogger(cfg.logger, tmp_path, "t", {}, active=False)
+    batches = list(itertools.islice(make_stream(cfg, stage, model, tokenizer), 1)) * 4
+
+    def slow(_):
+        for b in batches:
+            time.sleep(0.3)
+            yield b
+
+    train_stage(stage, model, groups, backend, slow, 3, logger)
+    row = logger.history["pretrain"][-1]  # steps 2-3
+    waited = 0.3 * 2 / (row["step_s"] * 2)
+    assert row["data_wait_fraction"] == pytest.approx(waited, rel=0.2)
+    assert row["data_wait_fraction"] > 0.3

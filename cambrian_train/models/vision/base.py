@@ -32,6 +32,17 @@ class ImageSpec:
     std: Tuple[float, float, float]
 
 
+def normalize_pixels(pixels: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
+    """uint8 pixels [..., 3, S, S] (the data pipeline's) → the tower's normalised float32
+    input, ``(x / 255 - mean) / std`` as its image processor computes it; a float tensor is
+    taken as already normalised and returned as it is."""
+    if pixels.dtype != torch.uint8:
+        return pixels
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=pixels.device)[:, None, None]
+    std = torch.tensor(spec.std, dtype=torch.float32, device=pixels.device)[:, None, None]
+    return (pixels.to(torch.float32) / 255.0 - mean) / std
+
+
 def split_architecture(cfg: VisionTowerConfig) -> Tuple[dict, ImageSpec]:
     """``cfg.architecture`` → (the family's config fields, the image spec it names).
 
