@@ -203,3 +203,52 @@ def test_nonfinite_step_on_xla_leaves_everything_unchanged():
         timeout=300,
     )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def test_packed_batches_on_xla_match_cpu_without_transfers(synthetic_root, tmp_path):
+    """Packed rows (block-diagonal attention from segment ids, per-sample positions) on four
+    XLA devices: the losses of one CPU process with the same host batch, no device→host
+    transfer inside a step and no recompilation after warm-up; with a shared image budget per
+    device micro-batch as well."""
+    common = (
+        "data.packing=true",
+        "data.pack_length=336",
+        "stages.finetune.max_steps=5",
+        "stages.finetune.log_every=1",
+        "stages.finetune.global_batch_size=8",
+        "stages.finetune.grad_accum_steps=1",
+        "backend.on_recompile=error",
+    )
+    xla, output = _xla_run(synthetic_root, tmp_path / "xla", *common)
+    assert "packed rows of 336 positions" in output
+    cpu_out = tmp_path / "cpu"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cambrian_train",
+            "experiment=demo",
+            "data.synthetic=null",
+            f"data.root={synthetic_root}",
+            "data.group_by_length=false",
+            "run_stages=[finetune]",
+            "stages.finetune.require_init=false",
+            "stages.finetune.eval_after=false",
+            "stages.finetune.warmup_ratio=0",
+            f"output_dir={cpu_out}",
+            "logger.wandb=false",
+            "logger.progress_bar=false",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cpu = [json.loads(line) for line in open(cpu_out / "metrics.jsonl")]
+    assert [r["loss"] for r in xla] == pytest.approx([r["loss"] for r in cpu], rel=1e-5, abs=1e-5)
+    assert all(r["d2h_in_steps"] == 0 for r in xla)
+    assert max(r["padding_fraction"] for r in xla) < 0.15  # three samples of ~103 per row
+    budget, output = _xla_run(synthetic_root, tmp_path / "budget", *common, "data.image_budget=6")
+    assert "6 image slots per group of 2 rows" in output
+    assert all(r["d2h_in_steps"] == 0 for r in budget)
