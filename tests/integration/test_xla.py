@@ -83,15 +83,16 @@ def test_compile_count_constant_after_warmup(synthetic_root, tmp_path):
     assert all(r["loss"] == r["loss"] for r in rows)  # no NaN
 
 
-def _xla_run(synthetic_root, out, *overrides):
-    """A short finetune run of the demo on four virtual devices; (metrics rows, output)."""
+def _xla_run(synthetic_root, out, *overrides, backend="xla_spmd"):
+    """A short finetune run of the demo on four virtual devices (or on ``backend``); (metrics
+    rows, output)."""
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "cambrian_train",
             "experiment=demo",
-            "backend=xla_spmd",
+            f"backend={backend}",
             "data.synthetic=null",
             f"data.root={synthetic_root}",
             "data.group_by_length=false",
@@ -221,31 +222,7 @@ def test_packed_batches_on_xla_match_cpu_without_transfers(synthetic_root, tmp_p
     )
     xla, output = _xla_run(synthetic_root, tmp_path / "xla", *common)
     assert "packed rows of 336 positions" in output
-    cpu_out = tmp_path / "cpu"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cambrian_train",
-            "experiment=demo",
-            "data.synthetic=null",
-            f"data.root={synthetic_root}",
-            "data.group_by_length=false",
-            "run_stages=[finetune]",
-            "stages.finetune.require_init=false",
-            "stages.finetune.eval_after=false",
-            "stages.finetune.warmup_ratio=0",
-            f"output_dir={cpu_out}",
-            "logger.wandb=false",
-            "logger.progress_bar=false",
-            *common,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    cpu = [json.loads(line) for line in open(cpu_out / "metrics.jsonl")]
+    cpu, _ = _xla_run(synthetic_root, tmp_path / "cpu", *common, backend="cpu")
     assert [r["loss"] for r in xla] == pytest.approx([r["loss"] for r in cpu], rel=1e-5, abs=1e-5)
     assert all(r["d2h_in_steps"] == 0 for r in xla)
     assert max(r["padding_fraction"] for r in xla) < 0.15  # three samples of ~103 per row
