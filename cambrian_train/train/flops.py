@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 from torch import nn
 
@@ -336,11 +336,26 @@ def sampler_layer_flops(
     hidden: int,
     num_heads: int,
     window_tokens: List[int],
+    kv_dim: Optional[int] = None,
 ) -> Dict[str, Flops]:
     """One SVA cross-attention layer (models/connectors/sva.py) on ``num_queries`` queries,
-    query t of tower t's windows holding ``window_tokens[t]`` features (all trained)."""
+    query t of tower t's windows holding ``window_tokens[t]`` features of width ``kv_dim``
+    (default ``hidden``), all trained; windows of more than one token carry a position embedding.
+
+    Per tower (``kv``): windows of few tokens are projected to keys and values (one matmul;
+    their per-token products with the query are elementwise and count 0). Larger ones are
+    folded (``folds_projections``): the query is mapped into feature space per head and the
+    attention-weighted feature sum back (2·M·hidden·C each), the two products between them are
+    the ``attention`` (4·M·heads·K·C), the query and the weights meet the position embedding
+    projected (2·M·hidden·K each), and the backward reduces the position's share of the
+    variance (2·M·K·C). ``positions``: projecting the position embedding for keys and values,
+    once per forward whatever the batch (2·K·C·hidden each).
+    """
+    from cambrian_train.models.connectors.sva import folds_projections
+
     g = dict(weight_grad=True, input_grad=True)
     m = num_queries
+    c = hidden if kv_dim is None else kv_dim
     linear = (
         linear_flops(m, context_dim, hidden, **g)  # proj_context
         + linear_flops(m, q_dim + hidden, hidden, **g)  # proj_in on [query, context]
@@ -349,10 +364,17 @@ def sampler_layer_flops(
         + linear_flops(m, hidden, hidden, **g)  # proj_out.linear_1
         + linear_flops(m, hidden, q_dim, **g)  # proj_out.linear_2
     )
-    # k_proj_t, v_proj_t over every window feature (recomputed by each layer)
-    kv = _sum(linear_flops(m * w, hidden, hidden, **g) * 2 for w in window_tokens)
-    attn = attention_flops(m, num_heads, 1, sum(window_tokens), hidden // num_heads, grad=True)
-    return {"linear": linear, "kv": kv, "attention": attn}
+    kv, attn, positions = Flops(), Flops(), Flops()
+    for k in window_tokens:
+        if not folds_projections(k, c, hidden, num_heads):
+            kv = kv + linear_flops(m * k, c, 2 * hidden, **g)  # k_proj_t, v_proj_t
+            continue
+        kv = kv + linear_flops(m, hidden, c, **g) * 2  # query → feature space, sum → values
+        attn = attn + attention_flops(m, num_heads, 1, k, c, grad=True)
+        if k > 1:  # a position embedding
+            kv = kv + linear_flops(m, hidden, k, **g) * 2 + Flops(0.0, 2.0 * m * k * c)
+            positions = positions + linear_flops(k, c, hidden, **g) * 2
+    return {"linear": linear, "kv": kv, "attention": attn, "positions": positions}
 
 
 def mlp_connector_flops(model, num_images: int) -> Dict[str, Flops]:
@@ -472,7 +494,9 @@ def model_flops(
     ``tower.<name>.*``, ``connector.*``, ``llm_sva.*`` (SVA layers inside the LLM), ``llm.*``.
 
     ``train_llm``: the stage's flag (connector always trains, towers per ``tower.trainable``).
-    Everything is linear in ``batch_size``: pass the global batch for FLOPs per optimiser step.
+    Everything is linear in ``batch_size`` but the ``*.positions`` entries (the SVA layers'
+    position embeddings projected once per forward, well under 1% at real shapes): pass the
+    global batch for FLOPs per optimiser step.
     See the module docstring for ``causal`` and ``recompute``.
     """
     out = FlopsBreakdown()
