@@ -65,7 +65,9 @@ def build_case(args, llm: bool):
     gen = torch.Generator().manual_seed(1)
     n, m = args.batch, args.batch * q_side * q_side
     queries = torch.randn(m, q_dim, generator=gen).to(device)
-    context = torch.randn(m, q_dim, generator=gen).to(device)
+    # one context per image, as the connector and the in-LLM layers pass it (the reference
+    # repeats it for every query, as the connector did before calling it)
+    context = torch.randn(n, q_dim, generator=gen).to(device)
     boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.125, 1.0, 0.875]]).repeat(n, 1)[:n]
     windows, masks = [], []
     for side in args.towers:

@@ -337,10 +337,12 @@ def sampler_layer_flops(
     num_heads: int,
     window_tokens: List[int],
     kv_dim: Optional[int] = None,
+    num_contexts: Optional[int] = None,
 ) -> Dict[str, Flops]:
     """One SVA cross-attention layer (models/connectors/sva.py) on ``num_queries`` queries,
     query t of tower t's windows holding ``window_tokens[t]`` features of width ``kv_dim``
     (default ``hidden``), all trained; windows of more than one token carry a position embedding.
+    ``num_contexts``: the contexts the queries share (one per image; default one per query).
 
     Per tower (``kv``): windows of few tokens are projected to keys and values (one matmul;
     their per-token products with the query are elementwise and count 0). Larger ones are
@@ -356,9 +358,11 @@ def sampler_layer_flops(
     g = dict(weight_grad=True, input_grad=True)
     m = num_queries
     c = hidden if kv_dim is None else kv_dim
+    n = m if num_contexts is None else num_contexts
     linear = (
-        linear_flops(m, context_dim, hidden, **g)  # proj_context
-        + linear_flops(m, q_dim + hidden, hidden, **g)  # proj_in on [query, context]
+        linear_flops(n, context_dim, hidden, **g)  # proj_context, once per context
+        + linear_flops(n, hidden, hidden, **g)  # proj_in's context share, once per context
+        + linear_flops(m, q_dim, hidden, **g)  # proj_in's query share
         + linear_flops(m, hidden, hidden, **g)  # q_proj
         + linear_flops(m, hidden, hidden, **g)  # o_proj
         + linear_flops(m, hidden, hidden, **g)  # proj_out.linear_1
@@ -407,7 +411,7 @@ def sva_connector_flops(model, num_images: int) -> Dict[str, Flops]:
     for g, q_side in enumerate(conn.query_sides):
         windows = [(s // q_side) ** 2 for s in conn.tower_sides]
         layer = sampler_layer_flops(
-            n * q_side * q_side, width, width, width, cfg.num_heads, windows
+            n * q_side * q_side, width, width, width, cfg.num_heads, windows, num_contexts=n
         )
         for key, f in layer.items():
             out[f"sampler_{g}.{key}"] = f * cfg.connector_depth
@@ -428,7 +432,13 @@ def llm_sva_flops(model, num_images: int) -> Dict[str, Flops]:
     d, s = model.llm.config.hidden_size, conn.llm_query_side
     windows = [(t // s) ** 2 for t in conn.tower_sides]
     layer = sampler_layer_flops(
-        num_images * s * s, d, d, cfg.vision_hidden_size, cfg.num_heads, windows
+        num_images * s * s,
+        d,
+        d,
+        cfg.vision_hidden_size,
+        cfg.num_heads,
+        windows,
+        num_contexts=num_images,
     )
     return {key: f * count for key, f in layer.items()}
 

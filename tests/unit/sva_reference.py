@@ -97,8 +97,11 @@ class VisionCrossAttentionLayer(nn.Module):
         windows: List[torch.Tensor],
         masks: List[torch.Tensor],
     ) -> torch.Tensor:
-        """queries [M, Dq], context [M, Dc], windows[t] [M, w_t², C_t], masks[t] [M, w_t²]."""
+        """queries [M, Dq], context [M, Dc] (or one per image, repeated here as the old
+        connector did before calling), windows[t] [M, w_t², C_t], masks[t] [M, w_t²]."""
         residual = queries
+        if context.shape[0] != queries.shape[0]:
+            context = context.repeat_interleave(queries.shape[0] // context.shape[0], dim=0)
         x = self.proj_in(torch.cat([queries, self.proj_context(context)], dim=-1))
         kvs = [
             win + getattr(self, f"pos_embed_{i}").to(win.dtype) if side > 1 else win

@@ -233,17 +233,18 @@ def _assert_same(fast, slow, args, windows, tol):
 # width 32 the 16-token windows fold, the 4-token (with a position) and 1-token ones are
 # projected (sva.folds_projections); at 4 heads the 4-token ones fold too.
 LAYER_CASES = {
-    # the connector's sampler: q_dim = context = hidden; 3·16 queries > 32: context fused
+    # the connector's sampler: q_dim = context = hidden
     "connector": dict(q_dim=32, context_dim=32, heads=8, depth=2, n=3),
     "connector_4_heads": dict(q_dim=32, context_dim=32, heads=4, depth=3, n=3),
-    # an SVA layer inside the LLM: q_dim ≠ hidden; 2·16 queries < 48: context unfused
+    # an SVA layer inside the LLM: q_dim ≠ hidden
     "in_llm": dict(q_dim=48, context_dim=48, heads=8, depth=1, n=2),
 }
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-11)])
 @pytest.mark.parametrize("case", list(LAYER_CASES))
-def test_fast_sampler_matches_reference(case, dtype, tol):
+@pytest.mark.parametrize("per_image", [False, True])
+def test_fast_sampler_matches_reference(case, dtype, tol, per_image):
     c = LAYER_CASES[case]
     query_side, towers, width = 4, [4, 16, 4, 8], 32
     kw = dict(
@@ -261,6 +262,9 @@ def test_fast_sampler_matches_reference(case, dtype, tol):
     gen = torch.Generator().manual_seed(3)
     queries = torch.randn(m, c["q_dim"], generator=gen, dtype=dtype).requires_grad_(True)
     context = torch.randn(m, c["context_dim"], generator=gen, dtype=dtype)
+    if per_image:  # one context per image (as the connector and the in-LLM layers pass it):
+        # the layers project it once; the reference gets it repeated for every query
+        context = context[:: query_side**2].clone().requires_grad_(True)
     _assert_same(fast, slow, (queries, context, windows, masks), windows, tol)
 
 

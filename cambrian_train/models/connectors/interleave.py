@@ -29,10 +29,10 @@ CONTEXT_KWARG = "vision_context"
 class LLMVisionContext:
     """What the in-LLM SVA layers need for one forward."""
 
-    positions: torch.Tensor  # [B, I, s*s] sequence index of each visual token (no newlines)
-    image_mask: torch.Tensor  # [B, I] bool
-    windows: List[torch.Tensor]  # per tower [B*I*s*s, w_t², W]
-    masks: List[torch.Tensor]  # per tower [B*I*s*s, w_t²] bool
+    positions: torch.Tensor  # [G, I, s*s] group position of each visual token (no newlines)
+    image_mask: torch.Tensor  # [G, I] bool
+    windows: List[torch.Tensor]  # per tower [G*I*s*s, w_t², W]
+    masks: List[torch.Tensor]  # per tower [G*I*s*s, w_t²] bool
     seq_len: int  # the prompt length; shorter (cached decoding) forwards carry no vision tokens
 
 
@@ -42,10 +42,10 @@ def _sva_hook(module, args, kwargs, output, sampler: VisionTokenSampler):
     if ctx is None or hidden.shape[1] != ctx.seq_len:
         return None
     b, i, q = ctx.positions.shape
-    queries = gather_at(hidden, ctx.positions)  # [B, I, Q, D]
-    context = queries.mean(dim=2, keepdim=True).expand_as(queries)  # per-image mean
+    queries = gather_at(hidden, ctx.positions)  # [G, I, Q, D]
     d = hidden.shape[-1]
-    out = sampler(queries.reshape(-1, d), context.reshape(-1, d), ctx.windows, ctx.masks)
+    context = queries.mean(dim=2).reshape(-1, d)  # per-image mean, one row per image
+    out = sampler(queries.reshape(-1, d), context, ctx.windows, ctx.masks)
     hidden = scatter_at(hidden, ctx.positions, out.reshape(b, i, q, d), ctx.image_mask)
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 

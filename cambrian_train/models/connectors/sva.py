@@ -329,10 +329,21 @@ class VisionCrossAttentionLayer(nn.Module):
         masks: List[torch.Tensor],
         shared: Optional[SharedWindows] = None,
     ) -> torch.Tensor:
-        """queries [M, Dq], context [M, Dc], windows[t] [M, w_t², C_t], masks[t] [M, w_t²];
-        ``shared``: the sampler's :class:`SharedWindows` of these windows (built if None)."""
+        """queries [M, Dq], context [N, Dc] with N dividing M (one context per image, its M/N
+        queries consecutive; or one per query), windows[t] [M, w_t², C_t], masks[t] [M, w_t²];
+        ``shared``: the sampler's :class:`SharedWindows` of these windows (built if None).
+
+        ``proj_in([q, proj_context(c)])`` is computed as ``W_q·q + W_c·proj_context(c)`` with
+        the context's share once per image, not once per query (the same function)."""
         residual = queries
-        x = self.proj_in(torch.cat([queries, self.proj_context(context)], dim=-1))
+        m, n = queries.shape[0], context.shape[0]
+        if m % n:
+            raise ValueError(f"{n} contexts for {m} queries: one per image or one per query")
+        weight = self.proj_in.weight  # [hidden, Dq + hidden]
+        dq = queries.shape[-1]
+        ctx = F.linear(self.proj_context(context), weight[:, dq:])  # [N, hidden]
+        x = F.linear(queries, weight[:, :dq])
+        x = x + (ctx if n == m else ctx.repeat_interleave(m // n, dim=0))
         pos = [
             getattr(self, f"pos_embed_{i}") if side > 1 else None
             for i, side in enumerate(self.window_sides)
@@ -484,8 +495,8 @@ class SVAConnector(nn.Module):
             windows, masks = ctx.windows(side)
             m = n * side * side
             queries = self.vision_query[g].to(first.dtype).expand(m, -1)  # [N*s², W]
-            context = global_ctx.repeat_interleave(side * side, dim=0)  # [N*s², W]
-            out = getattr(self, f"vision_sampler_{g}")(queries, context, windows, masks)
+            # one context per image: the layers project it once, not per query
+            out = getattr(self, f"vision_sampler_{g}")(queries, global_ctx, windows, masks)
             out = out.reshape(n, side * side, -1)
             groups.append(resample_tokens(out, self.image_token_len))  # [N, T, W]
         return self.mm_projector(torch.cat(groups, dim=-1))  # [N, T, D]
