@@ -112,7 +112,7 @@ def run_stage(
     dataset = SupervisedDataset(records, encoder)
     skips = SkipStats(strict=cfg.data.strict)
     host_batch = backend.host_batch_size(stage.per_device_batch_size)
-    shape = batch_shape(cfg.data, stage, encoder.slot_len)
+    shape = batch_shape(cfg.data, stage, encoder.slot_len, cfg.mesh.tensor)
     collate_fn = functools.partial(
         collate_rows if shape.uses_packer else collate,
         slot_len=encoder.slot_len,

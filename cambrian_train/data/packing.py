@@ -216,10 +216,12 @@ class BatchShape:
         return f"{rows} of {self.seq_len} positions, {self.images} image slots {where}"
 
 
-def batch_shape(data, stage, slot_len: int) -> BatchShape:
+def batch_shape(data, stage, slot_len: int, tensor: int = 1) -> BatchShape:
     """The batch layout of ``stage`` (a StageConfig with its per-device batch resolved) under
     ``data`` (DataConfig): packing (``data.packing``, ``pack_length``, ``pack_images``) and the
-    shared image budget (``data.image_budget``, slots per per-device micro-batch)."""
+    shared image budget (``data.image_budget``, slots per device micro-batch: the
+    ``per_device_batch_size / tensor`` rows one device holds when the batch is also split over
+    ``mesh.tensor``, xla_spmd)."""
     from cambrian_train.config.validate import pack_shape
 
     length, images = stage.max_length, data.max_images
@@ -228,5 +230,5 @@ def batch_shape(data, stage, slot_len: int) -> BatchShape:
     budget = data.image_budget is not None
     group_rows = 1
     if budget:
-        images, group_rows = data.image_budget, stage.per_device_batch_size
+        images, group_rows = data.image_budget, max(1, stage.per_device_batch_size // tensor)
     return BatchShape(length, images, group_rows, data.packing, budget)

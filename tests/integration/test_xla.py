@@ -226,6 +226,20 @@ def test_packed_batches_on_xla_match_cpu_without_transfers(synthetic_root, tmp_p
     assert [r["loss"] for r in xla] == pytest.approx([r["loss"] for r in cpu], rel=1e-5, abs=1e-5)
     assert all(r["d2h_in_steps"] == 0 for r in xla)
     assert max(r["padding_fraction"] for r in xla) < 0.15  # three samples of ~103 per row
+    # one image budget per device micro-batch (2 rows a device), also when the batch is split
+    # over tensor=2 as well: the same groups, the same losses
     budget, output = _xla_run(synthetic_root, tmp_path / "budget", *common, "data.image_budget=6")
     assert "6 image slots per group of 2 rows" in output
     assert all(r["d2h_in_steps"] == 0 for r in budget)
+    tp, output = _xla_run(
+        synthetic_root,
+        tmp_path / "budget_tp",
+        *common,
+        "data.image_budget=6",
+        "mesh=xla_cpu_4",
+        "mesh.fsdp=2",
+        "mesh.tensor=2",
+    )
+    assert "6 image slots per group of 2 rows" in output
+    losses = [r["loss"] for r in budget]
+    assert [r["loss"] for r in tp] == pytest.approx(losses, rel=1e-5, abs=1e-5)
