@@ -52,7 +52,8 @@ def build_case(args, llm: bool):
     )
     depth = 1 if llm else args.depth
     torch.manual_seed(0)
-    new = sva.VisionTokenSampler(depth, **kw)
+    # the previous implementation's semantics, which the reference has
+    new = sva.VisionTokenSampler(depth, **kw, o_proj_bias=True, empty_window="zero")
     with torch.no_grad():  # non-trivial LayerNorm affines and position embeddings
         for name, p in new.named_parameters():
             if ".0." in name or "pos_embed" in name:

@@ -70,6 +70,29 @@ class ConnectorConfig:
     connector_depth: int = 3
     num_heads: int = 16
     insert: InsertConfig = field(default_factory=InsertConfig)
+    # -- SVA semantics. Defaults are the original code's (cambrian-mllm/cambrian), so official
+    # checkpoints compute what they computed; the alternatives are explicit choices.
+    # cross-attention output projection bias: the original has none; true adds one (ours before)
+    o_proj_bias: bool = False
+    # what the SVA layers inside the LLM take as context: "connector" = the connector's global
+    # context (mean of the first tower's projected features, vision width; the original), or
+    # "llm_mean" = the mean of the LLM hidden states at the image's positions (LLM width; it
+    # follows the representation the layer refines)
+    llm_context: str = "connector"
+    # the global context as a mean over valid (unpadded) tokens only; the original averages
+    # every token, padding included (true keeps pad-to-square bands out of the context)
+    context_masked: bool = False
+    # a window whose tokens are all padding: "attend_all" = attends to all of them (the
+    # original, per tower), "zero" = adds nothing (no attention to pad-to-square filler)
+    empty_window: str = "attend_all"
+    # which tower-grid cells of a pad-to-square image are padding: "original" = integer-rounded
+    # symmetric bands per grid (the original's unmask_attention_mask), "centre" = cells whose
+    # centre lies outside the content box (exact for any aspect ratio)
+    padding_rule: str = "original"
+    # initial scales (training from scratch only): position embeddings ~ N(0, pos_embed_std²)
+    # (original 1.0), queries ~ N(0, 1/llm_hidden) (original) or ~ N(0, vision_query_std²)
+    pos_embed_std: float = 1.0
+    vision_query_std: Optional[float] = None
 
 
 @dataclass

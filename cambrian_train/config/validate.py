@@ -119,6 +119,16 @@ def _check_sva(cfg: TrainConfig, errors: list[str]) -> None:
         )
     if conn.connector_depth < 1:
         errors.append(f"model.connector.connector_depth={conn.connector_depth} must be >= 1")
+    choices = {
+        "llm_context": ("connector", "llm_mean"),
+        "empty_window": ("attend_all", "zero"),
+        "padding_rule": ("original", "centre"),
+    }
+    for key, allowed in choices.items():
+        if getattr(conn, key) not in allowed:
+            errors.append(
+                f"model.connector.{key}={getattr(conn, key)!r} is not one of {list(allowed)}"
+            )
     ins = conn.insert
     if ins.count < 0 or ins.start < 0 or ins.stride < 1:
         errors.append(

@@ -145,8 +145,16 @@ class VisionLanguageModel(nn.Module):
         if not self.has_llm_samplers:
             return embeds, None
         windows, masks = towers.windows(self.connector.llm_query_side)
+        global_context = None  # llm_context="llm_mean": the hook averages the hidden states
+        if self.connector.llm_context == "connector":
+            global_context = towers.global_context
         context = LLMVisionContext(
-            self.grid_positions(batch), batch.image_mask, windows, masks, embeds.shape[1]
+            self.grid_positions(batch),
+            batch.image_mask,
+            windows,
+            masks,
+            embeds.shape[1],
+            global_context,
         )
         return embeds, context
 

@@ -424,17 +424,19 @@ def sva_connector_flops(model, num_images: int) -> Dict[str, Flops]:
 
 def llm_sva_flops(model, num_images: int) -> Dict[str, Flops]:
     """The SVA layers inside the LLM: queries are the LLM hidden states at the image_token_len
-    grid positions (newlines excluded), context their per-image mean (width D)."""
+    grid positions (newlines excluded); context the connector's global context (vision width)
+    or their per-image mean (width D), once per image."""
     conn, cfg = model.connector, model.cfg.connector
     count = len(getattr(conn, "insert_after", []))
     if not count:
         return {}
     d, s = model.llm.config.hidden_size, conn.llm_query_side
     windows = [(t // s) ** 2 for t in conn.tower_sides]
+    context_dim = cfg.vision_hidden_size if conn.llm_context == "connector" else d
     layer = sampler_layer_flops(
         num_images * s * s,
         d,
-        d,
+        context_dim,
         cfg.vision_hidden_size,
         cfg.num_heads,
         windows,

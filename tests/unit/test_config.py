@@ -56,7 +56,23 @@ def test_paper_values(compose, size):
     c = m.connector
     assert (c.name, c.num_query_group, c.query_num_list, c.connector_depth) == ("sva", 1, [576], 3)
     assert c.vision_hidden_size == 1024
-    assert (c.insert.count, c.insert.start, c.insert.stride) == (10, 0, 3)
+    # the released scripts' insertion schedules and templates (cambrian-mllm/cambrian
+    # scripts/cambrian/*.sh): 8B 10/0/3 llama_v3, 13B 10/0/4 v1, 34B 9/0/7 chatml_direct
+    schedule, template = {
+        "8b": ((10, 0, 3), "llama3"),
+        "13b": ((10, 0, 4), "vicuna_v1"),
+        "34b": ((9, 0, 7), "chatml"),
+    }[size]
+    assert (c.insert.count, c.insert.start, c.insert.stride) == schedule
+    assert m.llm.template == template
+    # the original's SVA semantics, so official weights compute what they computed
+    assert (c.num_heads, c.o_proj_bias, c.llm_context, c.context_masked) == (
+        16,
+        False,
+        "connector",
+        False,
+    )
+    assert (c.empty_window, c.padding_rule) == ("attend_all", "original")
     assert m.llm.num_layers == layers
     p = pre.stages["pretrain"]
     assert pre.run_stages == ["pretrain"] and not p.train_llm

@@ -31,7 +31,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_connector(query_num=4, depth=2, sides=(8, 4), groups=None):
+# our alternatives to the original's semantics (config/schema.py ConnectorConfig)
+OURS = dict(context_masked=True, empty_window="zero", padding_rule="centre", o_proj_bias=True)
+
+
+def make_connector(query_num=4, depth=2, sides=(8, 4), groups=None, **semantics):
     torch.manual_seed(0)
     cfg = ConnectorConfig(
         name="sva",
@@ -40,6 +44,7 @@ def make_connector(query_num=4, depth=2, sides=(8, 4), groups=None):
         query_num_list=list(groups or [query_num]),
         connector_depth=depth,
         num_heads=4,
+        **semantics,
     )
     names = [f"t{i}" for i in range(len(sides))]
     return SVAConnector(
@@ -141,17 +146,42 @@ def test_matches_dense_masked_attention():
 def test_valid_mask_and_fully_padded_windows_stay_finite():
     mask = valid_token_mask(torch.tensor([[0.0, 0.25, 1.0, 0.75]]), 4)
     assert mask.reshape(4, 4).tolist() == [[False] * 4, [True] * 4, [True] * 4, [False] * 4]
-    conn = make_connector(query_num=16, depth=2, sides=(8, 4))
+    conn = make_connector(query_num=16, depth=2, sides=(8, 4), **OURS)
     feats = features(conn, n=1)
     thin = torch.tensor([[0.0, 0.45, 1.0, 0.55]])  # a very wide image: most windows all padding
     tokens, _ = conn(feats, thin)
     assert torch.isfinite(tokens).all()
-    # padded features do not matter
+    # with our semantics (masked context, empty windows add nothing) padding does not matter
     changed = {k: v.clone() for k, v in feats.items()}
     for name, side in zip(conn.tower_names, conn.tower_sides):
         valid = valid_token_mask(thin, side)[0]
         changed[name][0, ~valid] = 100.0
     torch.testing.assert_close(conn(changed, thin)[0], tokens)
+    # with the original's (the default) it does: the context averages padding too, and an
+    # all-padding window attends to its padding
+    original = make_connector(query_num=16, depth=2, sides=(8, 4))
+    original.load_state_dict(conn.state_dict(), strict=False)  # no o_proj bias there
+    out, _ = original(feats, thin)
+    assert torch.isfinite(out).all()
+    assert not torch.allclose(original(changed, thin)[0], out)
+
+
+def test_original_padding_rule():
+    """unmask_attention_mask of the original: int(side · extent) content cells, (side - that)
+    // 2 masked at each end; e.g. a 4:3 image on a 24-grid: int(24 · 0.75) = 18, 3 rows."""
+    box = torch.tensor([[0.0, 0.125, 1.0, 0.875]])  # 4:3 landscape, padded top and bottom
+    mask = valid_token_mask(box, 24, "original").reshape(24, 24)
+    assert mask.all(dim=1).tolist() == [False] * 3 + [True] * 18 + [False] * 3
+    assert mask.any(dim=0).all()  # the longer side is never masked
+    # 16:11 on a 16-grid: int(16 · 11/16) = 11 content rows, (16 - 11) // 2 = 2 masked at
+    # each end, so 12 rows stay valid; by cell centres (content spans 0.15625 … 0.84375) row
+    # 13's centre 0.84375 is outside, so 11
+    h = 11 / 16
+    box = torch.tensor([[0.0, (1 - h) / 2, 1.0, (1 + h) / 2]])
+    rows = valid_token_mask(box, 16, "original").reshape(16, 16).all(dim=1).tolist()
+    assert rows == [False] * 2 + [True] * 12 + [False] * 2
+    centre = valid_token_mask(box, 16, "centre").reshape(16, 16).all(dim=1).tolist()
+    assert centre == [False] * 2 + [True] * 11 + [False] * 3
 
 
 def test_sva_parameters_are_queries_and_samplers():
@@ -174,10 +204,14 @@ def _randomised(module, seed=0):
     return module
 
 
+# the semantics the reference (the previous implementation) has
+REFERENCE_SEMANTICS = dict(o_proj_bias=True, empty_window="zero")
+
+
 def _pair(cls_name, dtype, **kw):
     """The fast module and the reference one, holding the same state dict."""
     torch.manual_seed(0)
-    fast = _randomised(getattr(sva, cls_name)(**kw)).to(dtype)
+    fast = _randomised(getattr(sva, cls_name)(**kw, **REFERENCE_SEMANTICS)).to(dtype)
     slow = getattr(sva_reference, cls_name)(**kw).to(dtype)
     slow.load_state_dict(fast.state_dict())
     assert [n for n, _ in fast.named_parameters()] == [n for n, _ in slow.named_parameters()]
@@ -296,7 +330,8 @@ def test_fast_attention_matches_reference_without_positions(value_eps):
 def test_fast_connector_matches_reference_samplers():
     """The whole connector (tower projections, windows, groups, resize, projector) with its
     samplers swapped for the reference ones holding the same weights."""
-    conn = make_connector(query_num=16, depth=2, sides=(16, 4), groups=[16, 4])
+    # the previous implementation's semantics (masked context, centre rule, zero windows)
+    conn = make_connector(query_num=16, depth=2, sides=(16, 4), groups=[16, 4], **OURS)
     _randomised(conn)
     slow = copy.deepcopy(conn)
     for name, module in list(slow.named_children()):

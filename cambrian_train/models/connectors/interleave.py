@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ class LLMVisionContext:
     windows: List[torch.Tensor]  # per tower [G*I*s*s, w_t², W]
     masks: List[torch.Tensor]  # per tower [G*I*s*s, w_t²] bool
     seq_len: int  # the prompt length; shorter (cached decoding) forwards carry no vision tokens
+    # [G*I, W] the connector's global context per image (llm_context="connector"); None: the
+    # mean of the LLM hidden states at each image's positions (llm_context="llm_mean")
+    global_context: Optional[torch.Tensor] = None
 
 
 def _sva_hook(module, args, kwargs, output, sampler: VisionTokenSampler):
@@ -44,8 +47,10 @@ def _sva_hook(module, args, kwargs, output, sampler: VisionTokenSampler):
     b, i, q = ctx.positions.shape
     queries = gather_at(hidden, ctx.positions)  # [G, I, Q, D]
     d = hidden.shape[-1]
-    context = queries.mean(dim=2).reshape(-1, d)  # per-image mean, one row per image
-    out = sampler(queries.reshape(-1, d), context, ctx.windows, ctx.masks)
+    context = ctx.global_context  # one row per image
+    if context is None:
+        context = queries.mean(dim=2).reshape(-1, d)  # the image's hidden states' mean
+    out = sampler(queries.reshape(-1, d), context.to(hidden.dtype), ctx.windows, ctx.masks)
     hidden = scatter_at(hidden, ctx.positions, out.reshape(b, i, q, d), ctx.image_mask)
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 

@@ -42,13 +42,29 @@ def window_partition(x: torch.Tensor, side: int) -> torch.Tensor:
     return rearrange(x, "n (sh wh sw ww) c -> (n sh sw) (wh ww) c", sh=side, sw=side, wh=w, ww=w)
 
 
-def valid_token_mask(boxes: torch.Tensor, side: int) -> torch.Tensor:
+def valid_token_mask(boxes: torch.Tensor, side: int, rule: str = "centre") -> torch.Tensor:
     """boxes [N, 4] (x0, y0, x1, y1 of real content in [0, 1]) → [N, side*side] bool.
 
-    A token is valid when its cell centre lies inside the box (pad-to-square leaves the rest).
+    ``centre``: a token is valid when its cell centre lies inside the box (pad-to-square leaves
+    the rest). ``original``: the original code's rule (``unmask_attention_mask``): the content
+    spans ``int(side · extent)`` cells of the shorter side and ``(side - that) // 2`` cells are
+    masked at each end of it; the longer side is never masked.
     """
-    centres = (torch.arange(side, device=boxes.device, dtype=boxes.dtype) + 0.5) / side
     x0, y0, x1, y1 = (boxes[:, k, None] for k in range(4))
+    index = torch.arange(side, device=boxes.device)
+    if rule == "original":
+        # int() of a product that is an integer in exact arithmetic must not drop to the one
+        # below from float rounding: nudge by far less than one cell
+        extent_w = torch.floor((x1 - x0) * side + 1e-4)
+        extent_h = torch.floor((y1 - y0) * side + 1e-4)
+        pad_w = torch.div(side - extent_w, 2, rounding_mode="floor")
+        pad_h = torch.div(side - extent_h, 2, rounding_mode="floor")
+        cols = (index >= pad_w) & (index < side - pad_w)  # [N, side]
+        rows = (index >= pad_h) & (index < side - pad_h)
+        return (rows[:, :, None] & cols[:, None, :]).flatten(1)
+    if rule != "centre":
+        raise ValueError(f"padding rule {rule!r} is not one of ['original', 'centre']")
+    centres = (index.to(boxes.dtype) + 0.5) / side
     cols = (centres >= x0) & (centres < x1)  # [N, side]
     rows = (centres >= y0) & (centres < y1)  # [N, side]
     return (rows[:, :, None] & cols[:, None, :]).flatten(1)
@@ -84,8 +100,17 @@ class SharedWindows:
     tower's own LayerNorm statistics (centred features, their variance, the normalised
     features), computed once on first use. Built per forward (nothing outlives it)."""
 
-    def __init__(self, windows: List[torch.Tensor], masks: List[torch.Tensor]):
+    def __init__(
+        self,
+        windows: List[torch.Tensor],
+        masks: List[torch.Tensor],
+        empty_window: str = "zero",
+    ):
         self.windows = list(windows)
+        if empty_window == "attend_all":  # the original: per tower, all of an empty window
+            masks = [m | ~m.any(dim=1, keepdim=True) for m in masks]
+        elif empty_window != "zero":
+            raise ValueError(f"empty_window={empty_window!r} is not one of ['attend_all', 'zero']")
         self.masks = list(masks)
         mask = torch.cat(self.masks, dim=1)  # [M, K]
         self.has_key = mask.any(dim=1)  # [M]
@@ -178,11 +203,20 @@ class MultiKVCrossAttention(nn.Module):
     only their products with the weights (``W·diag(γ)``, ``W·β``) are formed per forward.
     """
 
-    def __init__(self, q_dim: int, kv_dims: List[int], hidden: int, num_heads: int):
+    def __init__(
+        self,
+        q_dim: int,
+        kv_dims: List[int],
+        hidden: int,
+        num_heads: int,
+        o_proj_bias: bool = False,
+        empty_window: str = "attend_all",
+    ):
         super().__init__()
         if hidden % num_heads:
             raise ValueError(f"hidden size {hidden} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
+        self.empty_window = empty_window
         self.q_proj = nn.Sequential(nn.LayerNorm(q_dim), nn.Linear(q_dim, hidden, bias=False))
         for i, kv_dim in enumerate(kv_dims):
             self.add_module(
@@ -194,7 +228,7 @@ class MultiKVCrossAttention(nn.Module):
                 nn.Sequential(nn.LayerNorm(kv_dim), nn.Linear(kv_dim, hidden, bias=False)),
             )
         self.num_kv = len(kv_dims)
-        self.o_proj = nn.Linear(hidden, q_dim, bias=True)
+        self.o_proj = nn.Linear(hidden, q_dim, bias=o_proj_bias)
 
     def forward(
         self,
@@ -208,7 +242,8 @@ class MultiKVCrossAttention(nn.Module):
 
         Keys and values are ``kvs[t] + pos_embeds[t]`` ([K_t, C_t], None for none);
         ``shared`` (built from kvs and masks when None) carries what layers share."""
-        shared = shared if shared is not None else SharedWindows(kvs, masks)
+        if shared is None:
+            shared = SharedWindows(kvs, masks, self.empty_window)
         m, h = queries.shape[0], self.num_heads
         q = self.q_proj(queries)
         hd = q.shape[-1] // h
@@ -307,18 +342,24 @@ class VisionCrossAttentionLayer(nn.Module):
         window_sides: List[int],
         hidden: int,
         num_heads: int,
+        o_proj_bias: bool = False,
+        empty_window: str = "attend_all",
+        pos_embed_std: float = 1.0,
     ):
         super().__init__()
         self.window_sides = list(window_sides)
         self.proj_context = nn.Linear(context_dim, hidden, bias=False)
         self.proj_in = nn.Linear(q_dim + hidden, hidden, bias=False)
-        self.cross_attn = MultiKVCrossAttention(hidden, kv_dims, hidden, num_heads)
+        self.cross_attn = MultiKVCrossAttention(
+            hidden, kv_dims, hidden, num_heads, o_proj_bias, empty_window
+        )
         self.norm = nn.LayerNorm(hidden)
         self.proj_out = MLP(hidden, hidden, q_dim)
         for i, (side, kv_dim) in enumerate(zip(window_sides, kv_dims)):
             if side > 1:  # a one-token window needs no position
                 self.register_parameter(
-                    f"pos_embed_{i}", nn.Parameter(torch.randn(side * side, kv_dim) * 0.02)
+                    f"pos_embed_{i}",
+                    nn.Parameter(torch.randn(side * side, kv_dim) * pos_embed_std),
                 )
 
     def forward(
@@ -360,7 +401,7 @@ class VisionTokenSampler(nn.Module):
         self.layers = nn.ModuleList(VisionCrossAttentionLayer(**layer_kwargs) for _ in range(depth))
 
     def forward(self, queries, context, windows, masks):
-        shared = SharedWindows(windows, masks)
+        shared = SharedWindows(windows, masks, self.layers[0].cross_attn.empty_window)
         for layer in self.layers:
             queries = layer(queries, context, windows, masks, shared=shared)
         return queries
@@ -373,6 +414,7 @@ class TowerContext:
 
     features: List[torch.Tensor]  # per tower [N, S_t², W]
     valid: List[torch.Tensor]  # per tower [N, S_t²] bool
+    global_context: Optional[torch.Tensor] = None  # [N, W]: the connector's, per image
 
     def windows(self, side: int):
         """Windows for an s×s query grid: ([N*s², w_t², W] per tower, [N*s², w_t²] masks)."""
@@ -409,7 +451,16 @@ class SVAConnector(nn.Module):
                     nn.LayerNorm(width),
                 ),
             )
-        self.vision_query = nn.Parameter(torch.randn(cfg.num_query_group, width) * 0.02)
+        self.cfg = cfg
+        query_std = cfg.vision_query_std
+        if query_std is None:  # the original: 1 / sqrt(LLM width)
+            query_std = llm_hidden_size**-0.5
+        self.vision_query = nn.Parameter(torch.randn(cfg.num_query_group, width) * query_std)
+        semantics = dict(
+            o_proj_bias=cfg.o_proj_bias,
+            empty_window=cfg.empty_window,
+            pos_embed_std=cfg.pos_embed_std,
+        )
         for g, side in enumerate(self.query_sides):
             self.add_module(
                 f"vision_sampler_{g}",
@@ -421,6 +472,7 @@ class SVAConnector(nn.Module):
                     window_sides=[self._window(s, side) for s in self.tower_sides],
                     hidden=width,
                     num_heads=cfg.num_heads,
+                    **semantics,
                 ),
             )
         self.mm_projector = nn.Sequential(
@@ -429,7 +481,10 @@ class SVAConnector(nn.Module):
             nn.Linear(llm_hidden_size, llm_hidden_size),
         )
         # SVA layers re-inserted inside the LLM: queries are the LLM's hidden states at the
-        # image_token_len grid positions (see models/connectors/interleave.py)
+        # image_token_len grid positions (see models/connectors/interleave.py); their context is
+        # the connector's global context (vision width) or the LLM hidden states' mean
+        self.llm_context = cfg.llm_context
+        llm_context_dim = width if cfg.llm_context == "connector" else llm_hidden_size
         self.llm_query_side = grid_side(image_token_len)
         self.insert_after = [
             cfg.insert.start + k * cfg.insert.stride for k in range(cfg.insert.count)
@@ -438,11 +493,12 @@ class SVAConnector(nn.Module):
             VisionTokenSampler(
                 1,
                 q_dim=llm_hidden_size,
-                context_dim=llm_hidden_size,
+                context_dim=llm_context_dim,
                 kv_dims=[width] * len(self.tower_names),
                 window_sides=[self._window(s, self.llm_query_side) for s in self.tower_sides],
                 hidden=width,
                 num_heads=cfg.num_heads,
+                **semantics,
             )
             for _ in self.insert_after
         )
@@ -474,8 +530,21 @@ class SVAConnector(nn.Module):
             if boxes is None:
                 valid.append(torch.ones(x.shape[0], side * side, dtype=torch.bool, device=x.device))
             else:
-                valid.append(valid_token_mask(boxes.to(torch.float32), side))
-        return TowerContext(projected, valid)
+                valid.append(
+                    valid_token_mask(boxes.to(torch.float32), side, self.cfg.padding_rule)
+                )
+        ctx = TowerContext(projected, valid)
+        ctx.global_context = self.global_context(ctx)
+        return ctx
+
+    def global_context(self, ctx: TowerContext) -> torch.Tensor:
+        """[N, W]: the mean of the first tower's projected features — over every token (the
+        original) or, with ``context_masked``, over the valid ones only."""
+        first = ctx.features[0]
+        if not self.cfg.context_masked:
+            return first.mean(dim=1)
+        valid = ctx.valid[0].to(first.dtype)
+        return (first * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1.0)
 
     def forward(
         self, features: Dict[str, torch.Tensor], boxes: Optional[torch.Tensor] = None
@@ -485,11 +554,10 @@ class SVAConnector(nn.Module):
         return self.aggregate(ctx), ctx
 
     def aggregate(self, ctx: TowerContext) -> torch.Tensor:
-        n = ctx.features[0].shape[0]
-        # global context: mean of the first tower's projected valid features
-        first, first_valid = ctx.features[0], ctx.valid[0].to(ctx.features[0].dtype)
-        denom = first_valid.sum(1, keepdim=True).clamp(min=1.0)
-        global_ctx = (first * first_valid[..., None]).sum(1) / denom  # [N, W]
+        n, first = ctx.features[0].shape[0], ctx.features[0]
+        global_ctx = ctx.global_context  # [N, W]
+        if global_ctx is None:
+            global_ctx = self.global_context(ctx)
         groups = []
         for g, side in enumerate(self.query_sides):
             windows, masks = ctx.windows(side)
