@@ -530,9 +530,7 @@ class SVAConnector(nn.Module):
             if boxes is None:
                 valid.append(torch.ones(x.shape[0], side * side, dtype=torch.bool, device=x.device))
             else:
-                valid.append(
-                    valid_token_mask(boxes.to(torch.float32), side, self.cfg.padding_rule)
-                )
+                valid.append(valid_token_mask(boxes.to(torch.float32), side, self.cfg.padding_rule))
         ctx = TowerContext(projected, valid)
         ctx.global_context = self.global_context(ctx)
         return ctx
