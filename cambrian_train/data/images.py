@@ -55,8 +55,8 @@ def content_box(width: int, height: int, aspect_ratio: str) -> Tuple[float, floa
 def to_tensor(img: Image.Image, spec: ImageSpec, aspect_ratio: str) -> torch.Tensor:
     """RGB image → [3, S, S] uint8 pixels for one tower (padded with its mean colour, or
     stretched), not yet normalised."""
-    if aspect_ratio == "pad":
-        img = pad_to_square(img, tuple(int(round(m * 255)) for m in spec.mean))
+    if aspect_ratio == "pad":  # the mean colour truncated to 0..255, as the original pads
+        img = pad_to_square(img, tuple(int(m * 255) for m in spec.mean))
     elif aspect_ratio != "resize":
         raise ValueError(f"image_aspect_ratio={aspect_ratio!r} is not one of ['pad', 'resize']")
     img = img.resize((spec.image_size, spec.image_size), Image.Resampling.BICUBIC)
