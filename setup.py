@@ -29,6 +29,15 @@ EXTRAS = {
     # Benchmarks distributed as parquet (MMMU, MathVista, CV-Bench, ...).
     "eval": ["pyarrow>=14"],
     "dev": ["pytest>=8", "ruff>=0.6", "pyarrow>=14"],
+    # cambrian_train/eval/lmms_plugin.py; lmms-eval 0.7.3 imports filelock._api (gone in 4), and
+    # beside hydra it needs antlr4 4.9 (hydra's) with the latex parsers built for it
+    "lmms": [
+        "lmms-eval==0.7.3",
+        "filelock<4",
+        "antlr4-python3-runtime==4.9.3",
+        "latex2sympy2==1.5.4",
+        "math-verify==0.9.0",
+    ],
 }
 
 setup(
@@ -50,6 +59,8 @@ setup(
             "cambrian-export=cambrian_train.infer.export_cli:main",
             "cambrian-pod=cambrian_train.pod.cli:main",
             "cambrian-tabulate=cambrian_train.eval.table_output:main",
-        ]
+        ],
+        # lmms-eval (pip install -e ".[lmms]") finds our model class through this group
+        "lmms_eval.models": ["cambrian_train = cambrian_train.eval.lmms_plugin:manifests"],
     },
 )
