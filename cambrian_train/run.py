@@ -10,6 +10,7 @@ main process writes shared files.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -20,20 +21,28 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from transformers import AutoConfig
 
 from cambrian_train import storage
 from cambrian_train.backends import build_backend
 from cambrian_train.backends.mesh import resolve_batches
 from cambrian_train.config.schema import TrainConfig
+from cambrian_train.config.validate import ConfigError
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import SupervisedDataset, stage_encoder
 from cambrian_train.data.lengths import LengthSpec
-from cambrian_train.data.loader import BatchStream, SkipStats
+from cambrian_train.data.loader import BatchStream, DataError, SkipStats
 from cambrian_train.data.packing import batch_shape, collate_rows
-from cambrian_train.data.sources import build_sampler, open_stage_records, record_lengths
-from cambrian_train.eval.vqa import baselines, evaluate_vqa, load_questions
+from cambrian_train.data.sources import (
+    build_sampler,
+    open_stage_records,
+    record_lengths,
+    stage_data_path,
+)
+from cambrian_train.eval.vqa import baselines, evaluate_vqa, load_questions, question_text
 from cambrian_train.models import build_model
 from cambrian_train.models.llm import load_tokenizer
+from cambrian_train.models.weights import checkpoint_dir
 from cambrian_train.train.checkpoint import load_connector, save_stage_checkpoint
 from cambrian_train.train.metrics import RunLogger
 from cambrian_train.train.preempt import StopSignal
@@ -165,6 +174,8 @@ def run_stage(
             run_logger,
             persistence,
         )
+    except DataError as err:  # say which file this stage read, and which setting chose it
+        raise DataError(f"stage {stage.name}: {err}; {stage_data_source(cfg, stage)}") from None
     except TrainingDiverged as err:
         path = storage.join(out, stage.name, "checkpoint-last-good")
         save_checkpoint(backend, model, path, {"stage": stage.name, "diverged": str(err)}, cfg)
@@ -191,10 +202,12 @@ def run_stage(
     }
     if stage.eval_after and cfg.data.test_path:
         questions = load_questions(cfg.data.test_path)[: cfg.eval.max_samples]
+        # prompts sized by the evaluation's own limit, not the stage's training length
+        eval_encoder = dataclasses.replace(encoder, max_length=eval_prompt_limit(cfg))
         with backend.gathered(model):
             scores = evaluate_vqa(
                 model,
-                encoder,
+                eval_encoder,
                 questions,
                 backend.device,
                 cfg.eval.batch_size,
@@ -210,6 +223,56 @@ def run_stage(
             "stage %s: test accuracy %.4f on %d", stage.name, scores["accuracy"], scores["count"]
         )
     return summary, ckpt
+
+
+def stage_data_source(cfg: TrainConfig, stage) -> str:
+    """Which file a stage reads and why, for error messages."""
+    path = stage_data_path(cfg.data, stage)
+    if path is None:
+        return "it read the mixture of data.sources"
+    if stage.dataset == "pretrain" and cfg.data.pretrain_path is not None:
+        why = f"data.pretrain_path (stages.{stage.name}.dataset=pretrain)"
+    else:
+        why = "data.train_path"
+    return f"it read {path} ({why}) with images under data.image_folder={cfg.data.image_folder}"
+
+
+def eval_prompt_limit(cfg: TrainConfig) -> int:
+    """The longest evaluation prompt allowed: ``eval.max_length``, else what the LLM's
+    positions leave after ``eval.max_new_tokens``."""
+    if cfg.eval.max_length is not None:
+        return cfg.eval.max_length
+    config = AutoConfig.from_pretrained(checkpoint_dir(cfg.model.llm.checkpoint))
+    return int(config.max_position_embeddings) - cfg.eval.max_new_tokens
+
+
+def check_eval_prompts(cfg: TrainConfig, tokenizer) -> None:
+    """Before any training: every post-stage evaluation prompt of ``data.test_path`` fits
+    ``eval_prompt_limit``; ConfigError naming the longest one and the setting otherwise."""
+    stages = [cfg.stages[s] for s in cfg.run_stages if cfg.stages[s].eval_after]
+    if not stages or not cfg.data.test_path:
+        return
+    limit = eval_prompt_limit(cfg)
+    questions = load_questions(cfg.data.test_path)[: cfg.eval.max_samples]
+    for stage in stages:
+        # prompt text only (no images are read); measured with no length limit
+        encoder = dataclasses.replace(stage_encoder(cfg, stage, tokenizer, {}), max_length=1 << 30)
+        longest, where = 0, None
+        for q in questions:
+            n = len(encoder.encode_prompt(question_text(q)).input_ids)
+            if n > longest:
+                longest, where = n, q.id
+        if longest > limit:
+            setting = (
+                f"eval.max_length={cfg.eval.max_length}"
+                if cfg.eval.max_length is not None
+                else f"the LLM's positions minus eval.max_new_tokens = {limit}"
+            )
+            raise ConfigError(
+                f"data.test_path={cfg.data.test_path}: question {where} makes a prompt of "
+                f"{longest} tokens for stage {stage.name} (template {encoder.template.name}), "
+                f"more than {setting}; raise eval.max_length (or shorten the questions)"
+            )
 
 
 def format_table(results: Dict) -> str:
@@ -293,6 +356,7 @@ def run(cfg: TrainConfig) -> Dict:
         storage.write_text(storage.join(out, "config.yaml"), config_yaml(cfg))
     backend.barrier()
     tokenizer = load_tokenizer(cfg.model.llm)
+    check_eval_prompts(cfg, tokenizer)  # known now: no stage trains before it fails
     run_logger = RunLogger(
         cfg.logger,
         out,

@@ -240,6 +240,10 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 8
     max_samples: Optional[int] = None
+    # longest evaluation prompt (tokens, image placeholders included), independent of the
+    # stages' training max_length; None = the LLM's max_position_embeddings - max_new_tokens.
+    # Checked against data.test_path before training starts.
+    max_length: Optional[int] = None
 
 
 @dataclass

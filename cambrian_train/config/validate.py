@@ -288,6 +288,7 @@ def _check_data(cfg: TrainConfig, errors: list[str]) -> None:
             "data.packing=true to pack, or leave them null"
         )
     if d.synthetic is not None:
+        _check_synthetic_paths(cfg, errors)
         return  # generated before training when missing
     needed = {"data.image_folder": d.image_folder}
     for name in cfg.run_stages:
@@ -315,6 +316,37 @@ def _check_data(cfg: TrainConfig, errors: list[str]) -> None:
     for key, path in needed.items():
         if not _is_remote(path) and not os.path.exists(path):
             errors.append(f"{key}={path} does not exist")
+
+
+def _check_synthetic_paths(cfg: TrainConfig, errors: list[str]) -> None:
+    """With the synthetic set configured (``data.synthetic``), the paths that stages read must
+    all be the set's or all be the user's: a user's train_path / image_folder beside the set's
+    stage-1 captions (``data.pretrain_path``) would read those captions against the user's
+    images."""
+    d = cfg.data
+    if d.root is None:
+        return
+    root = os.path.normpath(str(d.root))
+    fields = {"data.image_folder": d.image_folder, "data.train_path": d.train_path}
+    if any(cfg.stages[s].dataset == "pretrain" for s in cfg.run_stages if s in cfg.stages):
+        fields["data.pretrain_path"] = d.pretrain_path
+    if d.test_path is not None:
+        fields["data.test_path"] = d.test_path
+    inside = {
+        key: os.path.normpath(str(path)).startswith(root + os.sep)
+        for key, path in fields.items()
+        if path is not None
+    }
+    if len(set(inside.values())) > 1:
+        own = [f"{k}={fields[k]}" for k, v in inside.items() if not v]
+        synthetic = [f"{k}={fields[k]}" for k, v in inside.items() if v]
+        errors.append(
+            f"{', '.join(own)} point at your data but {', '.join(synthetic)} are still the "
+            f"synthetic set's (data.root={d.root}): a stage would read one against the other "
+            "(stage 1 reads data.pretrain_path). For your own data use data=llava "
+            "data.train_path=... data.image_folder=... [data.test_path=...] (stage 1 then reads "
+            "data.train_path unless data.pretrain_path is set)"
+        )
 
 
 def _check_mixture(cfg: TrainConfig, errors: list[str]) -> None:

@@ -72,6 +72,11 @@ def baselines(questions: Sequence[Question]) -> Dict[str, float]:
 
 
 @torch.no_grad()
+def question_text(q) -> str:
+    """The user turn of a test question: its text, with the image tag first unless it has one."""
+    return q.question if IMAGE_TAG in q.question else f"{IMAGE_TAG}\n{q.question}"
+
+
 def evaluate_vqa(
     model,
     encoder: ImageTextEncoder,
@@ -87,12 +92,7 @@ def evaluate_vqa(
     """
     was_training = model.training
     model.eval()
-    prompts = [
-        encoder.encode_prompt(
-            q.question if IMAGE_TAG in q.question else f"{IMAGE_TAG}\n{q.question}"
-        )
-        for q in questions
-    ]
+    prompts = [encoder.encode_prompt(question_text(q)) for q in questions]
     seq_len = max(len(p.input_ids) for p in prompts)
     predictions = []
     for start in range(0, len(questions), batch_size):
