@@ -7,10 +7,13 @@
     cambrian-pod status | logs --follow | stop | delete
     cambrian-pod retry -- experiment=...        # re-create / resume after preemptions
 
-Every subcommand takes ``--name``, ``--zone``, ``--project`` (defaults from the environment:
-``CAMBRIAN_POD_NAME``, ``CAMBRIAN_POD_ZONE``, ``CAMBRIAN_POD_PROJECT``) and ``--dry-run`` (print
-the gcloud commands, shell-quoted, one per line; execute nothing). Training overrides follow
-``--``.
+Global flags, taken by every subcommand: ``--name``, ``--zone``, ``--project`` (defaults from
+the environment: ``CAMBRIAN_POD_NAME``, ``CAMBRIAN_POD_ZONE``, ``CAMBRIAN_POD_PROJECT``) and
+``--dry-run`` (print the gcloud commands, shell-quoted, one per line; execute nothing; also
+``CAMBRIAN_POD_DRY_RUN=1`` in the environment, where 0/false/no/off/empty mean off). As with
+gcloud, they go before or after the subcommand: ``cambrian-pod --dry-run create ...`` is
+``cambrian-pod create ... --dry-run``; one given on both sides with different values is a usage
+error. Training overrides follow ``--``.
 
 Exit codes:
     0  success
@@ -42,12 +45,77 @@ log = logging.getLogger("cambrian_train.pod")
 WITH_OVERRIDES = ("run", "retry")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    parser.add_argument("--name", default=env("CAMBRIAN_POD_NAME"), help="queued resource/node")
-    parser.add_argument("--zone", default=env("CAMBRIAN_POD_ZONE"))
-    parser.add_argument("--project", default=env("CAMBRIAN_POD_PROJECT") or None)
-    parser.add_argument("--dry-run", action="store_true", help="print gcloud commands only")
+DRY_RUN_ENV = "CAMBRIAN_POD_DRY_RUN"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+# The global flags: (flag, dest, environment variable giving the default). Accepted before the
+# subcommand (parsed into ``before_<dest>``) and after it; see _merge_globals.
+GLOBAL_FLAGS = (
+    ("--name", "name", "CAMBRIAN_POD_NAME"),
+    ("--zone", "zone", "CAMBRIAN_POD_ZONE"),
+    ("--project", "project", "CAMBRIAN_POD_PROJECT"),
+    ("--dry-run", "dry_run", DRY_RUN_ENV),
+)
+_BEFORE = "before_"
+
+
+def _common(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The global flags, with no defaults: a flag not given leaves no attribute, so
+    :func:`_merge_globals` can tell the two places (and the environment) apart."""
+    unset = argparse.SUPPRESS
+    parser.add_argument(
+        "--name",
+        dest=prefix + "name",
+        metavar="NAME",
+        default=unset,
+        help="queued resource and TPU VM name (default: $CAMBRIAN_POD_NAME)",
+    )
+    for flag in ("zone", "project"):
+        parser.add_argument(
+            f"--{flag}",
+            dest=prefix + flag,
+            metavar=flag.upper(),
+            default=unset,
+            help=f"default: $CAMBRIAN_POD_{flag.upper()}",
+        )
+    parser.add_argument(
+        "--dry-run",
+        dest=prefix + "dry_run",
+        action="store_true",
+        default=unset,
+        help=f"print the gcloud commands only, run nothing (also {DRY_RUN_ENV}=1)",
+    )
+
+
+def _env_flag(environ, name: str) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise errors.UsageError(
+        f"{name}={environ[name]!r} is not one of {'/'.join(_TRUE)} or {'/'.join(_FALSE[1:])}"
+    )
+
+
+def _merge_globals(args: argparse.Namespace, environ) -> argparse.Namespace:
+    """One value per global flag, whichever side of the subcommand it was given on; else the
+    environment's. Given on both sides with different values: UsageError naming the flag."""
+    for flag, dest, env_name in GLOBAL_FLAGS:
+        before = vars(args).pop(_BEFORE + dest, None)
+        after = getattr(args, dest, None)
+        if before is not None and after is not None and before != after:
+            raise errors.UsageError(
+                f"{flag} is given before and after {args.command!r} with different values: "
+                f"{before!r} and {after!r}"
+            )
+        value = before if before is not None else after
+        if value is None:
+            if dest == "dry_run":
+                value = _env_flag(environ, env_name)
+            else:
+                value = environ.get(env_name) or None
+        setattr(args, dest, value)
+    return args
 
 
 def _session(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cambrian-pod",
         description="TPU VM pod operations through gcloud.",
-        epilog="Overrides for cambrian-train follow '--' (run, retry).",
+        epilog=(
+            "The global options --name, --zone, --project and --dry-run go before or after the "
+            f"command. {DRY_RUN_ENV}=1 in the environment is --dry-run. Overrides for "
+            "cambrian-train follow '--' (run, retry)."
+        ),
     )
+    _common(parser, prefix=_BEFORE)
     sub = parser.add_subparsers(dest="command", required=True)
 
     create = sub.add_parser("create", help="request the queued resource")
@@ -224,6 +297,17 @@ def dispatch(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     return errors.OK
 
 
+def parse_args(argv: Sequence[str], environ=None) -> argparse.Namespace:
+    """The arguments before ``--``, parsed, with the global flags merged from both sides of the
+    subcommand and ``environ`` (default ``os.environ``); usage errors exit 2 (argparse's way)."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    try:
+        return _merge_globals(args, os.environ if environ is None else environ)
+    except errors.UsageError as err:
+        parser.error(str(err))
+
+
 def _absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
@@ -231,9 +315,8 @@ def _absolute(path: str) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``cambrian-pod``; returns the exit code (see the module docstring)."""
     before, overrides = _split_overrides(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     try:
-        args = parser.parse_args(before)
+        args = parse_args(before)
     except SystemExit as err:  # argparse: usage error (2) or --help (0)
         return int(err.code or 0)
     if overrides is not None and args.command not in WITH_OVERRIDES:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cambrian_train.pod import remote, state
-from cambrian_train.pod.cli import main
+from cambrian_train.pod.cli import main, parse_args
 from cambrian_train.pod.gcloud import CreateOptions
 from cambrian_train.pod.remote import RunSpec, SetupOptions, WorkerStatus
 from cambrian_train.pod.retry import judge
@@ -171,6 +171,93 @@ def test_dry_run_retry_prints_the_happy_path(fake, capsys):
     ]
     run = commands[commands.index("--command") + 1]
     assert trainer_words(run)[-2:] == ["experiment=demo", "resume=auto"]
+    assert fake.calls() == []
+
+
+CREATE = ["create", "--accelerator-type", "v4-64", "--spot", "--project", "proj"]
+
+
+def test_global_flags_before_the_command_and_from_the_environment(fake, capsys, monkeypatch):
+    """``cambrian-pod --dry-run create ...`` and ``CAMBRIAN_POD_DRY_RUN=1 cambrian-pod create ...``
+    print exactly what ``cambrian-pod create ... --dry-run`` prints (issue 17)."""
+    assert main([*CREATE, "--dry-run"]) == 0
+    expected = capsys.readouterr().out
+    assert expected.startswith("gcloud compute tpus queued-resources create my-pod ")
+    assert main(["--dry-run", *CREATE]) == 0
+    assert capsys.readouterr().out == expected
+    assert main(["--dry-run", "--project", "proj", *CREATE[:4], "--dry-run"]) == 0
+    assert capsys.readouterr().out == expected
+    monkeypatch.setenv("CAMBRIAN_POD_DRY_RUN", "1")
+    assert main(CREATE) == 0
+    assert capsys.readouterr().out == expected
+    assert fake.calls() == []
+    assert not (fake.home / ".cambrian").exists()
+
+    # name and zone are global too; run keeps its overrides after '--'
+    monkeypatch.delenv("CAMBRIAN_POD_DRY_RUN")
+    where = ["--name", "other", "--zone", "europe-west4-a"]
+    assert main(["stop", *where, "--dry-run"]) == 0
+    expected = capsys.readouterr().out
+    assert main([*where, "--dry-run", "stop"]) == 0
+    assert capsys.readouterr().out == expected and "ssh other --zone europe-west4-a" in expected
+    assert main(["run", "--dry-run", "--", "experiment=demo"]) == 0
+    expected = capsys.readouterr().out
+    assert main(["--dry-run", "run", "--", "experiment=demo", "--dry-run"]) == 0
+    assert capsys.readouterr().out != expected  # after '--' it is an override for the trainer
+    assert main(["--dry-run", "run", "--", "experiment=demo"]) == 0
+    assert capsys.readouterr().out == expected
+    assert fake.calls() == []
+
+
+def test_global_flags_parse_the_same_on_either_side_of_the_command(fake):
+    after = parse_args([*CREATE, "--name", "p2", "--zone", "z", "--dry-run"])
+    for argv in (
+        ["--name", "p2", "--zone", "z", "--dry-run", *CREATE],
+        ["--zone", "z", *CREATE, "--name", "p2", "--dry-run"],
+        ["--name", "p2", "--dry-run", *CREATE, "--name", "p2", "--zone", "z", "--dry-run"],
+    ):
+        assert parse_args(argv) == after, argv
+    assert (after.name, after.zone, after.project, after.dry_run) == ("p2", "z", "proj", True)
+    assert "before_name" not in vars(after)
+    env = {"CAMBRIAN_POD_NAME": "env-pod", "CAMBRIAN_POD_ZONE": "z", "CAMBRIAN_POD_DRY_RUN": "1"}
+    assert parse_args(CREATE, env) == parse_args([*CREATE, "--name", "env-pod", "--zone", "z"], env)
+    assert parse_args(CREATE, env).dry_run is True
+    for off in ("0", "false", "", "no"):
+        assert parse_args(CREATE, {"CAMBRIAN_POD_DRY_RUN": off}).dry_run is False
+
+
+def test_global_flags_in_both_places_must_agree(fake, capsys, monkeypatch):
+    assert main(["--name", "a", "delete", "--name", "b", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "--name is given before and after 'delete' with different values: 'a' and 'b'" in err
+    assert main(["--zone", "z1", "--dry-run", "delete", "--zone", "z2"]) == 2
+    assert "--zone is given before and after" in capsys.readouterr().err
+    assert main(["--project", "p", "delete", "--project", "p", "--dry-run"]) == 0
+    monkeypatch.setenv("CAMBRIAN_POD_DRY_RUN", "maybe")
+    assert main(["delete"]) == 2
+    assert "CAMBRIAN_POD_DRY_RUN='maybe'" in capsys.readouterr().err
+    monkeypatch.setenv("CAMBRIAN_POD_DRY_RUN", "0")  # off: runs (against the fake)
+    assert main(["delete", "--yes"]) == 0
+    assert fake.verbs() == ["delete"]
+
+
+def test_dry_run_before_the_command_through_the_entry_point(fake):
+    """The user's command lines, as processes."""
+
+    def pod(*argv, **env):
+        result = subprocess.run(
+            [sys.executable, "-m", "cambrian_train.pod", *argv],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    expected = pod(*CREATE, "--dry-run")
+    assert expected.startswith("gcloud compute tpus queued-resources create my-pod ")
+    assert pod("--dry-run", *CREATE) == expected
+    assert pod(*CREATE, CAMBRIAN_POD_DRY_RUN="1") == expected
     assert fake.calls() == []
 
 
