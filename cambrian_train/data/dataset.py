@@ -78,10 +78,13 @@ class ImageTextEncoder:
         A ref is a path (relative to ``image_folder``) or encoded image bytes (benchmarks that
         embed their images). RecordError reasons: missing_image, bad_image.
         """
+        return self.image_tensors([self._decode(ref) for ref in refs])
+
+    def image_tensors(self, images: Sequence) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """Decoded RGB images → ({tower: [n, 3, S, S] uint8}, boxes [n, 4])."""
         per_tower: Dict[str, list] = {name: [] for name in self.image_specs}
         boxes = []
-        for ref in refs:
-            img = self._decode(ref)
+        for img in images:
             for name, tensor in tower_tensors(img, self.image_specs, self.aspect_ratio).items():
                 per_tower[name].append(tensor)
             boxes.append(content_box(img.width, img.height, self.aspect_ratio))

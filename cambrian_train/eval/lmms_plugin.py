@@ -74,7 +74,6 @@ from PIL import Image, ImageOps
 
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import ImageTextEncoder, Sample
-from cambrian_train.data.images import content_box, tower_tensors
 from cambrian_train.data.records import RecordError
 from cambrian_train.data.templates import IMAGE_TAG
 from cambrian_train.data.tokenize import IGNORE_INDEX, Encoded
@@ -137,20 +136,7 @@ def image_tensors(
 ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
     """PIL images → ({tower: [n, 3, S, S] uint8}, content boxes [n, 4]): the tensors
     ``encoder.load_images`` makes from the same images' files."""
-    per_tower: Dict[str, list] = {name: [] for name in encoder.image_specs}
-    boxes = []
-    for image in images:
-        img = to_rgb(image)
-        for name, tensor in tower_tensors(img, encoder.image_specs, encoder.aspect_ratio).items():
-            per_tower[name].append(tensor)
-        boxes.append(content_box(img.width, img.height, encoder.aspect_ratio))
-    pixels = {
-        name: torch.stack(ts)
-        if ts
-        else torch.zeros(0, 3, spec.image_size, spec.image_size, dtype=torch.uint8)
-        for (name, ts), spec in zip(per_tower.items(), encoder.image_specs.values())
-    }
-    return pixels, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return encoder.image_tensors([to_rgb(image) for image in images])
 
 
 def prompt_with_images(context: str, num_images: int) -> str:
