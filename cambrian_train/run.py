@@ -203,7 +203,8 @@ def run_stage(
     if stage.eval_after and cfg.data.test_path:
         questions = load_questions(cfg.data.test_path)[: cfg.eval.max_samples]
         # prompts sized by the evaluation's own limit, not the stage's training length
-        eval_encoder = dataclasses.replace(encoder, max_length=eval_prompt_limit(cfg))
+        limit = eval_prompt_limit(cfg, model.llm.config)
+        eval_encoder = dataclasses.replace(encoder, max_length=limit)
         with backend.gathered(model):
             scores = evaluate_vqa(
                 model,
@@ -237,13 +238,15 @@ def stage_data_source(cfg: TrainConfig, stage) -> str:
     return f"it read {path} ({why}) with images under data.image_folder={cfg.data.image_folder}"
 
 
-def eval_prompt_limit(cfg: TrainConfig) -> int:
+def eval_prompt_limit(cfg: TrainConfig, llm_config=None) -> int:
     """The longest evaluation prompt allowed: ``eval.max_length``, else what the LLM's
-    positions leave after ``eval.max_new_tokens``."""
+    positions leave after ``eval.max_new_tokens`` (``llm_config``: the built LLM's config;
+    None: read from the checkpoint, before any model is built)."""
     if cfg.eval.max_length is not None:
         return cfg.eval.max_length
-    config = AutoConfig.from_pretrained(checkpoint_dir(cfg.model.llm.checkpoint))
-    return int(config.max_position_embeddings) - cfg.eval.max_new_tokens
+    if llm_config is None:
+        llm_config = AutoConfig.from_pretrained(checkpoint_dir(cfg.model.llm.checkpoint))
+    return int(llm_config.max_position_embeddings) - cfg.eval.max_new_tokens
 
 
 def check_eval_prompts(cfg: TrainConfig, tokenizer) -> None:

@@ -77,8 +77,7 @@ from cambrian_train.data.dataset import ImageTextEncoder, Sample
 from cambrian_train.data.records import RecordError
 from cambrian_train.data.templates import IMAGE_TAG
 from cambrian_train.data.tokenize import IGNORE_INDEX, Encoded
-from cambrian_train.eval.runner import Decoding, Stopping, plan_batches
-from cambrian_train.infer.generate import generate
+from cambrian_train.eval.runner import Decoding, Stopping, decode_batch, plan_batches
 from cambrian_train.infer.load import load_pretrained
 
 try:
@@ -390,18 +389,7 @@ class CambrianTrain(lmms):
                 num_slots,
                 left_pad=True,
             )
-            generated = generate(
-                self._model,
-                batch,
-                self.tokenizer,
-                decoding.max_new_tokens,
-                temperature=decoding.temperature,
-                top_k=decoding.top_k,
-                top_p=decoding.top_p,
-                seed=decoding.seed + number,
-                stop=stopping.stop,
-                eos_token_id=list(stopping.eos_ids),
-            )
+            generated = decode_batch(self._model, batch, self.tokenizer, decoding, stopping, number)
             for i, text in zip(rows, generated):
                 texts[i] = text
         return texts

@@ -195,20 +195,28 @@ def generate_shard(
         batch = make_batch(
             encoder, [items[i] for i in rows], [prompts[i] for i in rows], seq_len, num_slots
         )
-        texts = generate(
-            model,
-            batch.to(device),
-            encoder.tokenizer,
-            decoding.max_new_tokens,
-            temperature=decoding.temperature,
-            top_k=decoding.top_k,
-            top_p=decoding.top_p,
-            seed=decoding.seed + number,
-            stop=stopping.stop,
-            eos_token_id=list(stopping.eos_ids),
-        )
+        texts = decode_batch(model, batch.to(device), encoder.tokenizer, decoding, stopping, number)
         out.update(zip(rows, texts))
     return out
+
+
+def decode_batch(
+    model, batch, tokenizer, decoding: Decoding, stopping: Stopping, number: int
+) -> List[str]:
+    """``generate`` with the run's decoding settings; batch ``number`` of a plan draws from
+    seed ``decoding.seed + number`` (so a plan's sampled answers do not depend on sharding)."""
+    return generate(
+        model,
+        batch,
+        tokenizer,
+        decoding.max_new_tokens,
+        temperature=decoding.temperature,
+        top_k=decoding.top_k,
+        top_p=decoding.top_p,
+        seed=decoding.seed + number,
+        stop=stopping.stop,
+        eos_token_id=list(stopping.eos_ids),
+    )
 
 
 def gather_generations(local: Dict[int, str], num_items: int, world_size: int) -> List[str]:
