@@ -17,13 +17,16 @@ CORE = [
     "numpy>=1.26",
     "matplotlib>=3.8",
     "fsspec>=2024.2",  # gs:// and other remote paths for data and checkpoints (plus gcsfs)
+    "peft>=0.13,<1",  # LoRA adapters (model.llm.lora)
+    "av>=12",  # video frames (PyAV: decoding through FFmpeg)
 ]
 EXTRAS = {
     # Development and CI: the CPU wheels of torch + torch_xla give real XLA SPMD on CPU.
     "xla": ["torch==2.9.0", "torch_xla==2.9.0", "torchvision==0.24.0"],
     # TPU VMs: torch_xla with libtpu.
     "tpu": ["torch==2.9.0", "torch_xla[tpu]==2.9.0", "torchvision==0.24.0"],
-    "gpu": ["torch==2.9.0", "torchvision==0.24.0"],
+    # QLoRA / int8 bases (model.llm.quantization) need bitsandbytes on CUDA
+    "gpu": ["torch==2.9.0", "torchvision==0.24.0", "bitsandbytes>=0.45"],
     # Google Cloud Storage paths (gs://) for data and checkpoints.
     "gcs": ["gcsfs>=2024.2"],
     # Benchmarks distributed as parquet (MMMU, MathVista, CV-Bench, ...).
