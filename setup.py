@@ -18,7 +18,6 @@ CORE = [
     "matplotlib>=3.8",
     "fsspec>=2024.2",  # gs:// and other remote paths for data and checkpoints (plus gcsfs)
     "peft>=0.13,<1",  # LoRA adapters (model.llm.lora)
-    "av>=12",  # video frames (PyAV: decoding through FFmpeg)
 ]
 EXTRAS = {
     # Development and CI: the CPU wheels of torch + torch_xla give real XLA SPMD on CPU.
@@ -31,7 +30,9 @@ EXTRAS = {
     "gcs": ["gcsfs>=2024.2"],
     # Benchmarks distributed as parquet (MMMU, MathVista, CV-Bench, ...).
     "eval": ["pyarrow>=14"],
-    "dev": ["pytest>=8", "ruff>=0.6", "pyarrow>=14"],
+    # video records (data/video.py): PyAV, FFmpeg's decoders in a wheel
+    "video": ["av>=12"],
+    "dev": ["pytest>=8", "ruff>=0.6", "pyarrow>=14", "av>=12"],
     # cambrian_train/eval/lmms_plugin.py; lmms-eval 0.7.3 imports filelock._api (gone in 4), and
     # beside hydra it needs antlr4 4.9 (hydra's) with the latex parsers built for it
     "lmms": [
