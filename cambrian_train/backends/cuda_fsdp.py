@@ -25,6 +25,7 @@ from torch.distributed.tensor.experimental import implicit_replication
 
 from cambrian_train.backends.base import Backend
 from cambrian_train.batch import Batch
+from cambrian_train.models.llm import is_quantized
 from cambrian_train.models.weights import materialize_meta, move_materialized
 from cambrian_train.registry import BACKENDS
 
@@ -90,6 +91,8 @@ class CudaFsdpBackend(Backend):
         (deferred weights) is allocated just before its ``fully_shard``, so one process holds
         one whole unit at most, then only its shards; the checkpoint is read into the shards."""
         move_materialized(model, self.device)
+        if is_quantized(model):
+            return self._prepare_quantized(model)
         policy = MixedPrecisionPolicy()
         if self.cfg.dtype == "bfloat16":
             policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -105,8 +108,25 @@ class CudaFsdpBackend(Backend):
                 unit.compile()
         return model
 
+    def _prepare_quantized(self, model: nn.Module) -> nn.Module:
+        """QLoRA / int8: the quantised base is whole on this GPU (bitsandbytes placed it), the
+        rest was moved there; nothing is sharded, so one process is the whole run."""
+        if self.world_size > 1:
+            raise ValueError(
+                f"model.llm.quantization with {self.world_size} processes: a quantised base is "
+                "not sharded by FSDP2 here; run it on one GPU (torchrun --nproc_per_node 1), or "
+                "shard a bf16 base with LoRA (model.llm.quantization=null)"
+            )
+        materialize_meta(model, self.device)
+        self.load_deferred(model)  # towers with deferred weights
+        self.unsharded = True
+        return model
+
     @contextlib.contextmanager
     def gathered(self, model: nn.Module):
+        if getattr(self, "unsharded", False):
+            yield
+            return
         model.unshard()
         try:
             yield

@@ -26,16 +26,40 @@ FSDP_RULES: List[Rule] = [
 # column-parallel (output features split), o and down row-parallel (input features split), the
 # embedding and the head vocab-parallel. XLA's SPMD partitioner inserts the collectives. With
 # ``mesh.tensor == 1`` these specs shard exactly like FSDP_RULES.
+_COLUMN = r"llm\..*\.(q_proj|k_proj|v_proj|gate_proj|up_proj)"
+_ROW = r"llm\..*\.(o_proj|down_proj)"
+_BASE = r"(\.base_layer)?\.weight$"  # a LoRA-adapted layer's base weight splits the same way
 LLM_TENSOR_RULES: List[Rule] = [
-    (r"llm\..*\.(q_proj|k_proj|v_proj|gate_proj|up_proj)\.weight$", ("tensor", "fsdp")),
-    (r"llm\..*\.(o_proj|down_proj)\.weight$", ("fsdp", "tensor")),
+    (_COLUMN + _BASE, ("tensor", "fsdp")),
+    (_ROW + _BASE, ("fsdp", "tensor")),
     (r"llm\.(.*embed_tokens|lm_head)\.weight$", ("tensor", "fsdp")),  # one rule: may be tied
 ]
 
+# LoRA adapters (models/lora.py): A is [r, in], B is [out, r]; the rank r is small, so neither
+# is split along it. Under tensor parallelism an adapter follows its base: B of a
+# column-parallel matrix splits its outputs, A of a row-parallel one its inputs.
+ADAPTER_TENSOR_RULES: List[Rule] = [
+    (_COLUMN + r"\.lora_B\.[^.]+\.weight$", ("tensor", None)),
+    (_ROW + r"\.lora_A\.[^.]+\.weight$", (None, "tensor")),
+]
+ADAPTER_RULES: List[Rule] = [
+    (r".*\.lora_A\.[^.]+\.weight$", (None, "fsdp")),
+    (r".*\.lora_B\.[^.]+\.weight$", ("fsdp", None)),
+]
 
-def sharding_rules(tensor_parallel: bool) -> List[Rule]:
-    """The rule table of a mesh: tensor-parallel LLM rules first when the tensor axis is > 1."""
-    return (LLM_TENSOR_RULES if tensor_parallel else []) + FSDP_RULES
+
+def sharding_rules(tensor_parallel: bool, adapters: bool = False) -> List[Rule]:
+    """The rule table of a mesh: tensor-parallel LLM rules first when the tensor axis is > 1,
+    then the adapter rules when the model has LoRA adapters."""
+    rules = list(LLM_TENSOR_RULES) if tensor_parallel else []
+    if adapters:
+        rules += (ADAPTER_TENSOR_RULES if tensor_parallel else []) + ADAPTER_RULES
+    return rules + FSDP_RULES
+
+
+def has_adapter_names(names: Iterable[str]) -> bool:
+    """Whether any parameter name is a LoRA adapter's (the adapter rules then apply)."""
+    return any(".lora_A." in name or ".lora_B." in name for name in names)
 
 
 def _fits(spec: Sequence[Axis], ndim: int) -> bool:

@@ -32,7 +32,7 @@ import torch_xla.utils.checkpoint as xla_checkpoint
 from torch import nn
 
 from cambrian_train.backends.base import Backend, dcp_storage
-from cambrian_train.backends.sharding import plan_sharding, sharding_rules
+from cambrian_train.backends.sharding import has_adapter_names, plan_sharding, sharding_rules
 from cambrian_train.backends.xla_attention import register_flash_attention
 from cambrian_train.batch import Batch
 from cambrian_train.models.weights import (
@@ -118,7 +118,8 @@ class XlaSpmdBackend(Backend):
         parameters are created from the checkpoint already sharded: each tensor is read on
         the host once (one at a time) and only its shards are transferred, so no device and no
         host ever holds more than its shards plus one tensor."""
-        rules = sharding_rules(tensor_parallel=self.mesh.tensor > 1)
+        names = [name for name, _ in model.named_parameters()]
+        rules = sharding_rules(self.mesh.tensor > 1, adapters=has_adapter_names(names))
         plan = plan_sharding(model.named_parameters(), rules)
         move_materialized(model, self.device)
         loaded = set()

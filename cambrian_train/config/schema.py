@@ -16,6 +16,32 @@ from omegaconf import MISSING
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (peft; models/lora.py) on a frozen base: with ``r`` > 0 a stage that
+    trains this part trains only its adapters (plus the connector)."""
+
+    r: int = 0  # adapter rank; 0 = no adapters (the whole part trains when its stage says so)
+    alpha: float = 16.0  # scale alpha / r (alpha / sqrt(r) with rslora)
+    dropout: float = 0.05  # on the adapter's input, training only
+    # module-name suffixes of the Linear layers to adapt, or [all-linear] (every Linear but the
+    # output head). Llama-style LLM projections by default; a tower names its own
+    # (CLIP/SigLIP: q_proj, k_proj, v_proj, out_proj; DINOv2: query, key, value, dense)
+    target_modules: List[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+    )
+    rslora: bool = False  # rank-stabilised scaling alpha / sqrt(r)
+    seed: int = 0  # the adapters' initial A matrices (B starts at zero)
+
+
+@dataclass
 class LLMConfig:
     """A decoder LLM loaded with ``from_pretrained`` (hub name or local directory)."""
 
@@ -32,6 +58,10 @@ class LLMConfig:
     # HF config fields (model_type, sizes, vocab) to build the model without its checkpoint,
     # e.g. on the meta device for parameter counts and sharding plans
     architecture: Dict[str, Any] = field(default_factory=dict)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # r > 0: train adapters, not the LLM
+    # a quantised frozen base for QLoRA (bitsandbytes, CUDA only): null | nf4 | int8; needs
+    # lora.r > 0 and backend=cuda_fsdp on one GPU
+    quantization: Optional[str] = None
 
 
 @dataclass
@@ -48,6 +78,9 @@ class VisionTowerConfig:
     trainable: bool = False
     # the family's config fields plus image_mean/image_std, to build without the checkpoint
     architecture: Dict[str, Any] = field(default_factory=dict)
+    # adapters on a trainable tower (models/lora.py): with r > 0 only they train; HF towers
+    # (hf_clip, hf_siglip, hf_dinov2) only
+    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(target_modules=["all-linear"]))
 
 
 @dataclass

@@ -13,6 +13,7 @@ import math
 import os
 from typing import Optional
 
+from cambrian_train.config.adapters import check_adapters
 from cambrian_train.config.schema import TrainConfig
 from cambrian_train.registry import BACKENDS, CONNECTORS, LLMS, VISION_TOWERS
 
@@ -440,7 +441,7 @@ def _check_runtime(cfg: TrainConfig, errors: list[str]) -> None:
             f"only; backend={cfg.backend.name} would compute duplicate replicas (set "
             "mesh.tensor=1)"
         )
-    if cfg.model.llm.dtype != "float32":
+    if cfg.model.llm.dtype != "float32" and cfg.model.llm.lora.r == 0:  # adapters are fp32
         for name, st in trained_stages(cfg):
             if st.train_llm:
                 errors.append(
@@ -478,6 +479,7 @@ def validate_model(cfg: TrainConfig) -> None:
 
     errors: list[str] = []
     _check_model(cfg, errors)
+    check_adapters(cfg, errors)
     raise_errors(errors)
 
 
@@ -488,6 +490,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
 
     errors: list[str] = []
     _check_model(cfg, errors)
+    check_adapters(cfg, errors)
     _check_stages(cfg, errors)
     _check_runtime(cfg, errors)
     _check_mixture(cfg, errors)

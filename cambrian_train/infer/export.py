@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cambrian_train import storage
-from cambrian_train.config.schema import ModelConfig, TrainConfig, VisionTowerConfig
+from cambrian_train.config.schema import LoRAConfig, ModelConfig, TrainConfig, VisionTowerConfig
 from cambrian_train.infer.load import (
     EXPORT_CONFIG,
     LOCAL_DIR,
@@ -44,7 +44,7 @@ from cambrian_train.infer.load import (
     prompt_settings,
     read_run_checkpoint,
 )
-from cambrian_train.models import build_model
+from cambrian_train.models import build_model, lora
 from cambrian_train.models.convert import load_official, official_name
 from cambrian_train.models.llm import load_tokenizer
 from cambrian_train.models.vision.base import VisionTower
@@ -54,6 +54,8 @@ from cambrian_train.train.checkpoint import CONNECTOR_FILE, connector_state, ten
 log = logging.getLogger(__name__)
 
 CONNECTOR_CONFIG = "connector.json"
+ADAPTER_DIR = "llm_adapter"  # a peft adapter of the LLM in llm/ (exports with adapters="peft")
+ADAPTER_MODES = ("merge", "peft")
 OFFICIAL_INDEX = "model.safetensors.index.json"
 OFFICIAL_SINGLE = "model.safetensors"
 PathLike = Union[str, Path]
@@ -156,16 +158,34 @@ def write_export(
     out_dir: PathLike,
     source: str = "",
     overwrite: bool = False,
+    adapters: str = "merge",
 ) -> str:
     """Write ``model`` as an export directory at ``out_dir`` (local or URL; staged, then
-    published)."""
+    published). LoRA adapters (models/lora.py) are merged into the LLM (``adapters="merge"``:
+    plain HF weights) or written beside the base LLM as a peft adapter (``"peft"``:
+    ``llm_adapter/``, which ``PeftModel.from_pretrained(llm, llm_adapter)`` also reads); tower
+    adapters are always merged. Either way ``model``'s adapters are folded or removed in place."""
+    if adapters not in ADAPTER_MODES:
+        raise ValueError(f"adapters={adapters!r}: use one of {list(ADAPTER_MODES)}")
     out_dir = storage.absolute(out_dir)
     tmp = _staging_dir(out_dir, overwrite)
     exported = dataclasses.replace(model_cfg, towers=dict(model_cfg.towers))
+    llm_lora, adapter_dir = LoRAConfig(), None
+    if lora.has_adapters(model.llm) and adapters == "peft":
+        tensors = lora.strip_lora(model.llm)  # llm/ gets the base, llm_adapter/ the adapter
+        lora.write_peft_adapter(tensors, model_cfg.llm.lora, "../llm", str(tmp / ADAPTER_DIR))
+        llm_lora, adapter_dir = model_cfg.llm.lora, ADAPTER_DIR
+    elif lora.has_adapters(model.llm):
+        log.info("merged LoRA adapters of %d LLM layers", lora.merge_lora(model.llm))
     model.llm.save_pretrained(tmp / "llm")
     tokenizer.save_pretrained(tmp / "llm")
-    exported.llm = dataclasses.replace(model_cfg.llm, checkpoint="llm", tokenizer=None)
+    exported.llm = dataclasses.replace(
+        model_cfg.llm, checkpoint="llm", tokenizer=None, lora=llm_lora, quantization=None
+    )
     for name, tower_cfg in model_cfg.towers.items():
+        if lora.has_adapters(model.towers[name]):  # a tower is saved in its family's format
+            lora.merge_lora(model.towers[name])
+            tower_cfg = dataclasses.replace(tower_cfg, lora=LoRAConfig(r=0))
         if tower_cfg.source not in TOWER_WRITERS:
             raise ValueError(
                 f"model.towers.{name}.source={tower_cfg.source!r}: no exporter; known "
@@ -176,19 +196,22 @@ def write_export(
         prefix = TOWER_WRITERS[tower_cfg.source](model.towers[name], tower_cfg, tmp / rel)
         exported.towers[name] = dataclasses.replace(tower_cfg, checkpoint=prefix + rel)
     save_file(connector_state(model), str(tmp / CONNECTOR_FILE))
-    config = ExportedConfig(model=exported, prompt=prompt, source=source)
+    config = ExportedConfig(model=exported, prompt=prompt, source=source, llm_adapter=adapter_dir)
     (tmp / EXPORT_CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
     log.info("exported %s to %s", source or "model", out_dir)
     return _publish(tmp, out_dir, last=EXPORT_CONFIG)
 
 
-def export_checkpoint(checkpoint: PathLike, out_dir: PathLike, overwrite: bool = False) -> str:
-    """A run checkpoint (``<run>/<stage>/checkpoint``) → a self-contained export directory."""
+def export_checkpoint(
+    checkpoint: PathLike, out_dir: PathLike, overwrite: bool = False, adapters: str = "merge"
+) -> str:
+    """A run checkpoint (``<run>/<stage>/checkpoint``) → a self-contained export directory
+    (``adapters``: what becomes of LoRA adapters, see :func:`write_export`)."""
     model, cfg, stage = model_from_checkpoint(checkpoint)
     tokenizer = load_tokenizer(cfg.model.llm)
     source = storage.absolute(checkpoint)
     prompt = prompt_settings(cfg, stage)
-    return write_export(model, tokenizer, cfg.model, prompt, out_dir, source, overwrite)
+    return write_export(model, tokenizer, cfg.model, prompt, out_dir, source, overwrite, adapters)
 
 
 def connector_fit(cfg: ModelConfig) -> dict:

@@ -53,6 +53,13 @@ def _export_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write only connector.safetensors + connector.json (a stage-2 init_from)",
     )
+    parser.add_argument(
+        "--lora",
+        choices=["merge", "peft"],
+        default="merge",
+        help="LoRA adapters of the LLM: merge them into its weights (default), or write them "
+        "as a peft adapter (llm_adapter/) beside the unchanged base",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
     return parser
 
@@ -85,7 +92,7 @@ def _run(argv: List[str]) -> str:
     if args.connector_only:
         out = export_connector(args.checkpoint, args.out_dir, args.overwrite)
         return f"connector written to {out} (use as stages.finetune.init_from={out})"
-    out = export_checkpoint(args.checkpoint, args.out_dir, args.overwrite)
+    out = export_checkpoint(args.checkpoint, args.out_dir, args.overwrite, adapters=args.lora)
     return f"exported to {out} (load with cambrian_train.infer.load.load_pretrained)"
 
 

@@ -32,6 +32,7 @@ from cambrian_train.data.dataset import ImageTextEncoder
 from cambrian_train.data.templates import get_template
 from cambrian_train.models import build_model
 from cambrian_train.models.llm import load_tokenizer
+from cambrian_train.models.lora import load_peft_adapter
 from cambrian_train.models.vlm import VisionLanguageModel
 from cambrian_train.train.checkpoint import (
     CONFIG_FILE,
@@ -66,6 +67,8 @@ class ExportedConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptSettings = field(default_factory=PromptSettings)
     source: str = ""  # what was exported (a run checkpoint or an official checkpoint)
+    # a peft adapter directory of the LLM (relative), loaded into model.llm.lora's adapters
+    llm_adapter: Optional[str] = None
 
 
 def parse_config(path: Union[str, Path], schema):
@@ -169,6 +172,8 @@ def read_export(path: Union[str, Path]) -> ExportedConfig:
     for name, tower in cfg.model.towers.items():
         key = f"model.towers.{name}.checkpoint"
         tower.checkpoint = absolute_checkpoint(root, tower.checkpoint, key)
+    if cfg.llm_adapter is not None:
+        cfg.llm_adapter = absolute_checkpoint(root, cfg.llm_adapter, "llm_adapter")
     return cfg
 
 
@@ -176,6 +181,8 @@ def model_from_export(path: Union[str, Path]) -> Tuple[VisionLanguageModel, Expo
     """Build an exported model (every part from the local export directory), in eval mode."""
     cfg = read_export(path)
     model = build_model(cfg.model, pretrained=True)
+    if cfg.llm_adapter is not None:
+        load_peft_adapter(model.llm, cfg.llm_adapter)
     load_connector(model, str(Path(path) / CONNECTOR_FILE))
     return model.eval(), cfg
 

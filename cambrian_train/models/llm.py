@@ -93,7 +93,9 @@ def load_causal_lm(
     (models/weights.py); the backend allocates them sharded and loads the checkpoint's
     safetensors into the shards (``checkpoint_dir`` names the files).
     """
-    if deferred:
+    if cfg.quantization is not None:
+        model = _load_quantized(cfg)
+    elif deferred:
         config = AutoConfig.from_pretrained(checkpoint_dir(cfg.checkpoint))
         with meta_parameters():
             model = AutoModelForCausalLM.from_config(config, **_load_options(cfg))
@@ -120,6 +122,48 @@ def load_causal_lm(
         )
     decoder_layers(model)  # fails early for models without a layer list
     return model
+
+
+def _load_quantized(cfg: LLMConfig) -> PreTrainedModel:
+    """The frozen base of QLoRA: ``from_pretrained`` with bitsandbytes' 4-bit NormalFloat
+    (double-quantised, computing in ``cfg.dtype``) or LLM.int8(), whole on this process's GPU.
+    A quantised base is never sharded (cuda_fsdp runs it on one GPU)."""
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"model.llm.quantization={cfg.quantization} needs a CUDA GPU (bitsandbytes); none "
+            "is visible (set model.llm.quantization=null)"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            f"model.llm.quantization={cfg.quantization} needs bitsandbytes: pip install "
+            "'cambrian-train[gpu]'"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "nf4":
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=DTYPES[cfg.dtype],
+        )
+    else:
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    device = torch.cuda.current_device()
+    return AutoModelForCausalLM.from_pretrained(
+        cfg.checkpoint, quantization_config=quant, device_map={"": device}, **_load_options(cfg)
+    )
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` holds a bitsandbytes-quantised LLM (anywhere inside)."""
+    return any(
+        getattr(getattr(m, "config", None), "quantization_config", None) is not None
+        for m in model.modules()
+        if isinstance(m, PreTrainedModel)
+    )
 
 
 def _load_options(cfg: LLMConfig) -> dict:

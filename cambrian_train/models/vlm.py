@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 
 from cambrian_train.batch import Batch
 from cambrian_train.config.schema import ModelConfig
+from cambrian_train.models import lora
 from cambrian_train.models.connectors.interleave import (
     CONTEXT_KWARG,
     LLMVisionContext,
@@ -32,6 +33,13 @@ from cambrian_train.models.llm import (
 from cambrian_train.models.loss import token_loss
 from cambrian_train.models.multimodal import scatter_at
 from cambrian_train.models.vision.base import ImageSpec, VisionTower, normalize_pixels
+
+
+def _trainable_part(module: nn.Module) -> List[nn.Parameter]:
+    """A part's adapters when it has LoRA adapters, else all of its parameters."""
+    if lora.has_adapters(module):
+        return lora.adapter_parameters(module)
+    return list(module.parameters())
 
 
 class VisionLanguageModel(nn.Module):
@@ -97,7 +105,9 @@ class VisionLanguageModel(nn.Module):
         return {name: tower.image_spec for name, tower in self.towers.items()}
 
     def param_groups(self) -> Dict[str, List[nn.Parameter]]:
-        """Parameters by training group: connector (with newline), sva, llm, towers."""
+        """Parameters that may train, by group: connector (with newline), sva, llm, towers.
+        A part with LoRA adapters (models/lora.py) offers only its adapters: its base stays
+        frozen in every stage."""
         sva_ids = {id(p) for p in getattr(self.connector, "sva_parameters", list)()}
         connector = [p for p in self.connector.parameters() if id(p) not in sva_ids]
         if self.image_newline is not None:
@@ -105,8 +115,8 @@ class VisionLanguageModel(nn.Module):
         return {
             "connector": connector,
             "sva": [p for p in self.connector.parameters() if id(p) in sva_ids],
-            "llm": list(self.llm.parameters()),
-            "towers": [p for t in self.towers.values() for p in t.parameters()],
+            "llm": _trainable_part(self.llm),
+            "towers": [p for t in self.towers.values() for p in _trainable_part(t)],
         }
 
     def encode_images(self, pixel_values: Dict[str, torch.Tensor], boxes=None):

@@ -7,7 +7,8 @@ then reads the checkpoint. The read goes through ``torch.distributed.checkpoint`
 HuggingFace safetensors reader, which reads from each file only the slices the process's shards
 cover (safetensors ``get_slice``), so host memory per process is bounded by its shards, not by
 the model. Checkpoint names are the LLM's own state-dict names (HF layout: ``model.layers.0...``,
-``lm_head.weight``); a name the model needs that no file holds is an error naming both.
+``lm_head.weight``; a LoRA-adapted layer's ``base_layer`` reads its plain name); a name the model
+needs that no file holds is an error naming both.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Dict, Iterator, List
 
 import torch
 from torch import nn
+
+from cambrian_train.models.lora import base_name, is_adapter_name
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -88,7 +91,9 @@ class DeferredWeights:
         names: Dict[int, List[str]] = {}
         params: Dict[int, torch.Tensor] = {}
         for name, param in module.named_parameters(remove_duplicate=False):
-            names.setdefault(id(param), []).append(name)
+            if is_adapter_name(name):
+                continue  # LoRA adapters (models/lora.py) are initialised, not read
+            names.setdefault(id(param), []).append(base_name(name))
             params[id(param)] = param
         state: Dict[str, torch.Tensor] = {}
         missing = []

@@ -462,8 +462,15 @@ def llm_flops(
     head_dim = getattr(c, "head_dim", None) or d // heads
     inner = c.intermediate_size
     expected = 2 * d * heads * head_dim + 2 * d * kv_heads * head_dim + 3 * d * inner
+    from cambrian_train.models.lora import lora_layers
+
+    first = decoder_layers(llm)[0]
+    adapted = lora_layers(first)  # LoRA (models/lora.py): frozen bases plus the adapters
+    adapter_ids = {id(m) for a in adapted for m in a.modules() if m is not a.get_base_layer()}
     found = sum(
-        m.weight.numel() for m in decoder_layers(llm)[0].modules() if isinstance(m, nn.Linear)
+        m.weight.numel()
+        for m in first.modules()
+        if isinstance(m, nn.Linear) and id(m) not in adapter_ids
     )
     if found != expected:
         raise ValueError(
@@ -471,7 +478,8 @@ def llm_flops(
             f"Llama-style layer of this config holds {expected}; no FLOPs formula for this family"
         )
     rows = batch_size * seq_len
-    g = dict(weight_grad=train_llm, input_grad=True)  # the connector's tokens enter at layer 0
+    # the connector's tokens enter at layer 0; with adapters only they get weight gradients
+    g = dict(weight_grad=train_llm and not adapted, input_grad=True)
     per_layer = (
         linear_flops(rows, d, heads * head_dim, **g)  # q
         + linear_flops(rows, d, kv_heads * head_dim, **g) * 2  # k, v
@@ -480,12 +488,21 @@ def llm_flops(
         + linear_flops(rows, inner, d, **g)  # down
     )
     attn = attention_flops(batch_size, heads, seq_len, seq_len, head_dim, grad=True, causal=causal)
-    return {
+    out = {
         "embed": Flops(),  # a lookup
         "linear": per_layer * layers,
         "attention": attn * layers,
         "lm_head": linear_flops(rows, d, c.vocab_size, **g),
     }
+    if adapted:  # x → A (in → r) → B (r → out) per adapted matrix; trained when the LLM is
+        a = dict(weight_grad=train_llm, input_grad=True)
+        lora = _sum(
+            linear_flops(rows, m.in_features, m.r["default"], **a)
+            + linear_flops(rows, m.r["default"], m.out_features, **a)
+            for m in adapted
+        )
+        out["lora"] = lora * layers
+    return out
 
 
 # -- the model -------------------------------------------------------------------------------

@@ -90,6 +90,8 @@ def check(label: str, analytic: float, count: int) -> None:
 
 CONFIGS = {
     "mlp": [],
+    # LoRA adapters on every projection: frozen base matrices (no dW), adapter matmuls added
+    "mlp_lora": ["model.llm.lora.r=4"],
     "sva": ["model/connector=tiny_sva", "+model/vision_tower@model.towers.dino=tiny_dinov2"],
     # four families at once, two of them trained (their features need dX in the connector)
     "sva_4_towers": [
