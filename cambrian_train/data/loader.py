@@ -115,6 +115,9 @@ class BatchStream:
             num_workers=num_workers,
             collate_fn=_identity,
             persistent_workers=num_workers > 0,
+            # its own generator: an iterator draws its workers' base seed from it, never from
+            # the global stream that dropout draws from (a resumed run continues that stream)
+            generator=torch.Generator().manual_seed(sampler.start),
         )
         # the generator holds no reference to self: dropping the stream stops the workers
         if packer is None:

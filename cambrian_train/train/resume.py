@@ -67,6 +67,9 @@ class RankState:
 
 @dataclass
 class Restored:
+    """What :meth:`Checkpointer.restore` read. ``rank.rng`` is not applied by it: the trainer
+    sets the random state right before the first resumed step."""
+
     path: str
     step: int
     meta: dict
@@ -385,8 +388,7 @@ class Checkpointer:
             storage.retry(
                 lambda: self.backend.dcp_load(state, path), "read checkpoint shards from", path
             )
-        rank = self._rank_state(path, meta)
-        set_rng_state(self.backend, rank.rng)
+        rank = self._rank_state(path, meta)  # its random state: see Restored
         log.info("stage %s: resumed from %s (step %d)", self.stage, path, meta["step"])
         return Restored(path, int(meta["step"]), meta, rank)
 

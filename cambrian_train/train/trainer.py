@@ -26,7 +26,7 @@ from cambrian_train.train.metrics import RunLogger
 from cambrian_train.train.optim import build_optimizer, build_scheduler
 from cambrian_train.train.preempt import Preempted, StopSignal
 from cambrian_train.train.progress import StepLog, TrainingDiverged  # noqa: F401 (re-exported)
-from cambrian_train.train.resume import Checkpointer
+from cambrian_train.train.resume import Checkpointer, set_rng_state
 from cambrian_train.train.stage import ParamGroup, count_params, lr_scale
 from cambrian_train.train.step import TrainStep
 
@@ -128,6 +128,10 @@ def train_stage(
         _record_sizes(stream, sizes, getattr(stream, "state_dict", dict))
     )
     cursor = sampler_state or {}
+    if persistence is not None and persistence.restore_from:
+        # the random streams continue from the saved step only now, after everything a fresh
+        # stage also does before its first step (opening the stream draws from them)
+        set_rng_state(backend, restored.rank.rng)
 
     def micro_batches() -> Iterator[Batch]:
         nonlocal cursor

@@ -126,6 +126,21 @@ def test_crash_inside_a_save_then_resume_auto_is_exact(synthetic_root, tmp_path,
     assert code == 0 and "already complete" in out, out[-3000:]
 
 
+def test_lora_crash_then_resume_auto_is_exact(synthetic_root, tmp_path):
+    """Adapters (with dropout: the random stream resumes too) and their optimiser state are in
+    the step checkpoint; the base is read from its checkpoint again."""
+    lora = ["model.llm.lora.r=4", "model.llm.lora.dropout=0.1"]
+    ref_run, run = tmp_path / "ref", tmp_path / "run"
+    code, out = finish(launch(overrides(synthetic_root, ref_run, 8, lora), tmp_path))
+    assert code == 0, out[-3000:]
+    code, out = finish(launch(overrides(synthetic_root, run, 8, lora), tmp_path, {CRASH_ENV: "6"}))
+    assert code == 13, out[-3000:]
+    code, out = finish(launch(overrides(synthetic_root, run, 8, [*lora, "resume=auto"]), tmp_path))
+    assert code == 0 and "step-00000004" in out, out[-3000:]
+    expected, resumed = losses(ref_run), losses(run)
+    assert [resumed[s] for s in range(5, 9)] == [expected[s] for s in range(5, 9)]
+
+
 def test_sigterm_saves_and_exits_75_then_resumes_exactly(synthetic_root, tmp_path, reference):
     run = tmp_path / "run"
     proc = launch(overrides(synthetic_root, run), tmp_path)
