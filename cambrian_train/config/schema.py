@@ -94,9 +94,10 @@ class InsertConfig:
 
 @dataclass
 class ConnectorConfig:
-    """The vision→LLM connector. ``name`` selects the CONNECTORS entry; SVA fields apply to sva."""
+    """The vision→LLM connector. ``name`` selects the CONNECTORS entry; SVA fields apply to sva,
+    ``perceiver_*`` fields (and width, depth, heads, padding_rule) to perceiver."""
 
-    name: str = MISSING  # mlp2x_gelu | sva
+    name: str = MISSING  # mlp2x_gelu | sva | perceiver
     vision_hidden_size: int = 1024
     num_query_group: int = 1
     query_num_list: List[int] = field(default_factory=lambda: [576])
@@ -126,6 +127,14 @@ class ConnectorConfig:
     # (original 1.0), queries ~ N(0, 1/llm_hidden) (original) or ~ N(0, vision_query_std²)
     pos_embed_std: float = 1.0
     vision_query_std: Optional[float] = None
+    # -- perceiver (models/connectors/perceiver.py): width vision_hidden_size, connector_depth
+    # layers, num_heads heads, model.image_token_len latents; padding cells by padding_rule
+    perceiver_ff_mult: int = 4  # feed-forward inner width = ff_mult x vision_hidden_size
+    # pad-to-square filler cells of the media are left out of the keys (false: attended)
+    perceiver_mask_padding: bool = True
+    # a learned embedding per tower token position added to the media (Flamingo has none: the
+    # towers' features already carry their positions)
+    perceiver_position_embed: bool = False
 
 
 @dataclass

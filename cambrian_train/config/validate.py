@@ -81,6 +81,8 @@ def _check_model(cfg: TrainConfig, errors: list[str]) -> None:
             )
     if conn.name == "sva":
         _check_sva(cfg, errors)
+    if conn.name == "perceiver":
+        _check_perceiver(cfg, errors)
     if m.llm.dtype not in DTYPES:
         errors.append(f"model.llm.dtype={m.llm.dtype!r} is not one of {list(DTYPES)}")
     from transformers import AttentionInterface  # heavy: only when validating
@@ -153,6 +155,40 @@ def _check_sva(cfg: TrainConfig, errors: list[str]) -> None:
                 f"(start={ins.start} + stride={ins.stride} * (count={ins.count} - 1)) but "
                 f"model.llm.num_layers={m.llm.num_layers}"
             )
+
+
+def _check_perceiver(cfg: TrainConfig, errors: list[str]) -> None:
+    m = cfg.model
+    conn = m.connector
+    if not is_square(m.image_token_len):
+        errors.append(
+            f"model.image_token_len={m.image_token_len}: the perceiver connector outputs that many "
+            "latents as a side x side grid of vision tokens, so it must be a perfect square"
+        )
+    if conn.vision_hidden_size < 1 or conn.num_heads < 1:
+        errors.append(
+            f"model.connector.vision_hidden_size={conn.vision_hidden_size} and "
+            f"model.connector.num_heads={conn.num_heads} must be >= 1"
+        )
+    elif conn.vision_hidden_size % conn.num_heads:
+        errors.append(
+            f"model.connector.vision_hidden_size={conn.vision_hidden_size} is not divisible by "
+            f"model.connector.num_heads={conn.num_heads}"
+        )
+    if conn.connector_depth < 1:
+        errors.append(f"model.connector.connector_depth={conn.connector_depth} must be >= 1")
+    if conn.perceiver_ff_mult < 1:
+        errors.append(f"model.connector.perceiver_ff_mult={conn.perceiver_ff_mult} must be >= 1")
+    if conn.perceiver_mask_padding and conn.padding_rule not in ("original", "centre"):
+        errors.append(
+            f"model.connector.padding_rule={conn.padding_rule!r} is not one of "
+            "['original', 'centre']"
+        )
+    if conn.insert.count:
+        errors.append(
+            f"model.connector.insert.count={conn.insert.count} places SVA layers inside the LLM, "
+            "which the perceiver connector does not have: set model.connector.insert.count=0"
+        )
 
 
 def trained_stages(cfg: TrainConfig):

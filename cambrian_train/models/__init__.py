@@ -8,6 +8,7 @@ from cambrian_train.config.schema import ModelConfig
 from cambrian_train.models import llm as _llm  # noqa: F401  (fills LLMS)
 from cambrian_train.models import lora
 from cambrian_train.models.connectors import mlp as _mlp  # noqa: F401  (fills CONNECTORS)
+from cambrian_train.models.connectors import perceiver as _perceiver  # noqa: F401
 from cambrian_train.models.connectors import sva as _sva  # noqa: F401  (fills CONNECTORS)
 from cambrian_train.models.vision import hf as _hf  # noqa: F401  (fills VISION_TOWERS)
 from cambrian_train.models.vision import open_clip as _open_clip  # noqa: F401

@@ -14,6 +14,10 @@ CONNECTOR_PARTS = (
     ("vision_query", "connector: SVA"),
     ("mm_projector.", "connector: projector"),
     ("net.", "connector: projector"),
+    ("media_proj.", "connector: tower projectors"),
+    ("media_", "connector: perceiver"),
+    ("resampler.", "connector: perceiver"),
+    ("proj.", "connector: projector"),
 )
 
 

@@ -422,6 +422,42 @@ def sva_connector_flops(model, num_images: int) -> Dict[str, Flops]:
     return out
 
 
+def perceiver_connector_flops(model, num_images: int) -> Dict[str, Flops]:
+    """Perceiver resampler (models/connectors/perceiver.py) on ``num_images`` images: per-tower
+    Linear(C_t → W) (no dX unless the tower trains), then per layer, with L latents over
+    T = ΣT_t media tokens: ``to_q`` on L rows, ``to_kv`` on the T + L rows of [media; latents],
+    attention of L queries over T + L keys (masked keys are still computed), ``to_out``, the
+    feed-forward W → mult·W → W on L rows; the final Linear(W → D) on L rows. Embedding adds,
+    norms and GELU count 0."""
+    conn, cfg = model.connector, model.cfg.connector
+    width, d = cfg.vision_hidden_size, model.llm.config.hidden_size
+    n, latents = num_images, conn.image_token_len
+    g = dict(weight_grad=True, input_grad=True)
+    out: Dict[str, Flops] = {}
+    media = 0
+    for name in conn.tower_names:
+        tower = model.towers[name]
+        tokens = conn.tower_tokens[name]
+        media += tokens
+        out[f"media_proj.{name}"] = linear_flops(
+            n * tokens, tower.hidden_size, width, weight_grad=True, input_grad=tower.cfg.trainable
+        )
+    rows, inner = n * latents, cfg.perceiver_ff_mult * width
+    linear = (
+        linear_flops(rows, width, width, **g)  # to_q
+        + linear_flops(n * (media + latents), width, 2 * width, **g)  # to_kv
+        + linear_flops(rows, width, width, **g)  # to_out
+        + linear_flops(rows, width, inner, **g)  # feed-forward in
+        + linear_flops(rows, inner, width, **g)  # feed-forward out
+    )
+    heads = cfg.num_heads
+    attn = attention_flops(n, heads, latents, media + latents, width // heads, grad=True)
+    out["layers.linear"] = linear * cfg.connector_depth
+    out["layers.attention"] = attn * cfg.connector_depth
+    out["projector"] = linear_flops(rows, width, d, **g)
+    return out
+
+
 def llm_sva_flops(model, num_images: int) -> Dict[str, Flops]:
     """The SVA layers inside the LLM: queries are the LLM hidden states at the image_token_len
     grid positions (newlines excluded); context the connector's global context (vision width)
@@ -533,10 +569,8 @@ def model_flops(
     for name, tower in model.towers.items():
         for key, f in tower_flops(tower, images).items():
             out.add(f"tower.{name}.{key}", f)
-    if hasattr(model.connector, "query_sides"):
-        connector = sva_connector_flops(model, images)
-    else:
-        connector = mlp_connector_flops(model, images)
+    formulas = {"sva": sva_connector_flops, "perceiver": perceiver_connector_flops}
+    connector = formulas.get(model.cfg.connector.name, mlp_connector_flops)(model, images)
     for key, f in connector.items():
         out.add(f"connector.{key}", f)
     llm_sva = llm_sva_flops(model, images)

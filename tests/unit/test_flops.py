@@ -93,6 +93,10 @@ CONFIGS = {
     # LoRA adapters on every projection: frozen base matrices (no dW), adapter matmuls added
     "mlp_lora": ["model.llm.lora.r=4"],
     "sva": ["model/connector=tiny_sva", "+model/vision_tower@model.towers.dino=tiny_dinov2"],
+    "perceiver": [
+        "model/connector=tiny_perceiver",
+        "+model/vision_tower@model.towers.dino=tiny_dinov2",
+    ],
     # four families at once, two of them trained (their features need dX in the connector)
     "sva_4_towers": [
         "model/connector=tiny_sva",
@@ -204,6 +208,53 @@ def test_sva_sampler_agrees_with_flop_counter(q_dim, context_dim, heads, towers)
         forward = counted(lambda: sampler(queries, context, windows, masks))
     total = counted(lambda: sampler(queries, context, windows, masks).sum().backward())
     assert (forward, total) == (flops.forward, flops.total)
+
+
+@pytest.mark.parametrize("trainable, position_embed", [(False, False), (True, True)])
+def test_perceiver_connector_agrees_with_flop_counter(trainable, position_embed):
+    """The perceiver's formula (train/flops.py), exactly: two towers of different widths and
+    token counts, padding masked, forward and forward+backward; a trained tower's features
+    need dX in their projection."""
+    from types import SimpleNamespace
+
+    from cambrian_train.config.schema import ConnectorConfig
+    from cambrian_train.models.connectors.perceiver import PerceiverConnector
+    from cambrian_train.train.flops import perceiver_connector_flops
+
+    sizes, tokens, n, latents, d = {"a": 24, "b": 40}, {"a": 16, "b": 64}, 3, 9, 48
+    cfg = ConnectorConfig(
+        name="perceiver",
+        vision_hidden_size=32,
+        connector_depth=2,
+        num_heads=4,
+        perceiver_ff_mult=3,
+        perceiver_position_embed=position_embed,
+        padding_rule="centre",
+    )
+    conn = PerceiverConnector(cfg, sizes, tokens, d, latents)
+    towers = {  # what the formula reads of a tower
+        name: SimpleNamespace(hidden_size=c, cfg=SimpleNamespace(trainable=trainable))
+        for name, c in sizes.items()
+    }
+    model = SimpleNamespace(
+        connector=conn,
+        towers=towers,
+        cfg=SimpleNamespace(connector=cfg),
+        llm=SimpleNamespace(config=SimpleNamespace(hidden_size=d)),
+    )
+    flops = sum(perceiver_connector_flops(model, n).values(), Flops())
+    feats = {k: torch.randn(n, tokens[k], c, requires_grad=trainable) for k, c in sizes.items()}
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.25, 1.0, 0.75], [0.0, 0.0, 0.0, 0.0]])
+    with frozen(conn):
+        forward = counted(lambda: conn(feats, boxes))
+    total = counted(lambda: conn(feats, boxes)[0].sum().backward())
+    assert (forward, total) == (flops.forward, flops.total)
+    # by hand, the forward: projections, per layer q + kv + out + ff and attention, the head
+    t, w = 16 + 64, 32
+    per_layer = 2 * n * (latents * w * w * 2 + (t + latents) * w * 2 * w + latents * w * 3 * w * 2)
+    per_layer += 4 * n * latents * (t + latents) * w  # QK^T and PV over all heads
+    by_hand = 2 * n * (16 * 24 + 64 * 40) * w + 2 * per_layer + 2 * n * latents * w * d
+    assert flops.forward == by_hand
 
 
 # -- hand arithmetic -------------------------------------------------------------------------

@@ -24,11 +24,20 @@ def test_variant_overrides_replace_output_dir_and_name():
 
 def test_repro_small_variants_compose(compose):
     cfg = compose(["experiment=repro_small"])
-    assert set(cfg.variants) == {"mlp_clip", "sva_clip", "mlp_clip_siglip", "mlp_clip_no_stage1"}
+    assert set(cfg.variants) == {
+        "mlp_clip",
+        "sva_clip",
+        "perceiver_clip",
+        "mlp_clip_siglip",
+        "mlp_clip_no_stage1",
+    }
     two = compose(["experiment=repro_small", *cfg.variants["mlp_clip_siglip"]])
     assert list(two.model.towers) == ["clip", "siglip"]
     sva = compose(["experiment=repro_small", *cfg.variants["sva_clip"]])
     assert sva.model.connector.name == "sva"
+    perceiver = compose(["experiment=repro_small", *cfg.variants["perceiver_clip"]], True)
+    assert perceiver.model.connector.name == "perceiver"
+    assert list(perceiver.model.towers) == ["clip"] and perceiver.run_stages == cfg.run_stages
     alone = compose(["experiment=repro_small", *cfg.variants["mlp_clip_no_stage1"]], True)
     assert alone.run_stages == ["finetune"]
 
