@@ -72,11 +72,13 @@ class VisionLanguageModel(nn.Module):
     def shard_units(self) -> List[nn.Module]:
         """The model's sharding units, innermost first (each is gathered whole in turn under
         FSDP): every decoder layer, every tower, every in-LLM SVA layer (run from decoder-layer
-        hooks, not through the connector's forward), the connector. The root holds the rest
-        (embeddings, head, final norm, image newline)."""
+        hooks, not through the connector's forward), every perceiver layer, the connector. The
+        root holds the rest (embeddings, head, final norm, image newline)."""
         units: List[nn.Module] = list(decoder_layers(self.llm))
         units += list(self.towers.values())
         units += list(getattr(self.connector, "vision_sampler_layers", []))
+        resampler = getattr(self.connector, "resampler", None)  # the perceiver's layers
+        units += list(resampler.layers) if resampler is not None else []
         units.append(self.connector)
         return units
 

@@ -105,6 +105,15 @@ def test_fsdp_with_sva_inside_the_llm(tmp_path, synthetic_root):
     assert fsdp == pytest.approx(cpu, **TOLERANCE)
 
 
+def test_fsdp_with_perceiver_layers_as_units(tmp_path, synthetic_root):
+    """Each perceiver layer is its own FSDP2 unit (VisionLanguageModel.shard_units); losses
+    match the single-process run."""
+    extra = ("model/connector=tiny_perceiver",)
+    cpu = run_losses(tmp_path, synthetic_root, "cpu", "cpu", extra=extra)
+    fsdp = run_fsdp_losses(tmp_path, synthetic_root, extra=extra)
+    assert fsdp == pytest.approx(cpu, **TOLERANCE)
+
+
 def test_lora_losses_agree_on_cpu_xla_tensor_parallel_and_fsdp(tmp_path, synthetic_root):
     """LoRA adapters on every LLM projection (frozen base, seeded fp32 adapters; dropout off so
     no backend's random stream enters): one process, four XLA devices (fsdp=4, and 2 fsdp x 2
