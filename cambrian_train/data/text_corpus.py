@@ -174,6 +174,8 @@ def _write_streams(spec: StreamSpec, tokenizer, files: Dict[str, Path]) -> dict:
     pending: Dict[str, List[str]] = {s: [] for s in SPLITS}
 
     def flush(split: str) -> None:
+        if not pending[split]:
+            return
         for tokens in _encode_documents(pending[split], tokenizer):
             handles[split].write(tokens.tobytes())
             counts[split]["tokens"] += len(tokens)
