@@ -64,3 +64,11 @@ def check_text(cfg: TrainConfig, errors: list[str], check_paths: bool = True) ->
         if path is not None and "://" not in path and not os.path.exists(path):
             hint = " (default: template.json beside data.train_path)" if "template" in key else ""
             errors.append(f"{key}={path} does not exist{hint}")
+        elif key == "data.text.template" and "://" not in path:
+            from cambrian_train.data.instruct import parse_template  # torch: only when needed
+
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    parse_template(handle.read(), path)
+            except ValueError as err:
+                errors.append(f"data.text.template: {err}")

@@ -298,3 +298,20 @@ def test_cli_text_finetune_runs(tmp_path):
     assert steps == [0, 4]  # before training, and at the end (an epoch is 6 steps)
     assert stage["val_loss"] < stage["first_val_loss"]
     assert (root / "template.json").is_file() and (root / "train.jsonl").is_file()
+
+
+def test_bad_template_fails_validation(compose, tmp_path):
+    from cambrian_train.config.validate import ConfigError, validate
+
+    (tmp_path / "train.jsonl").write_text(json.dumps(RECORD) + "\n")
+    (tmp_path / "template.json").write_text('{"prompt": "{instruction}", "answer": " {response}"}')
+    cfg = compose(
+        [
+            "experiment=text_finetune",
+            "output_dir=/tmp/x",
+            f"data.train_path={tmp_path / 'train.jsonl'}",
+            "data.text.synthetic=null",
+        ]
+    )
+    with pytest.raises(ConfigError, match="template.json: keys must be exactly"):
+        validate(cfg)
