@@ -48,6 +48,7 @@ from cambrian_train.train.metrics import RunLogger
 from cambrian_train.train.preempt import StopSignal
 from cambrian_train.train.resume import Checkpointer, latest_checkpoint, read_checkpoint_meta
 from cambrian_train.train.stage import freeze_for_stage, stage_param_groups
+from cambrian_train.train.text_stage import text_stage
 from cambrian_train.train.trainer import (
     Persistence,
     TrainingDiverged,
@@ -67,6 +68,11 @@ def seed_everything(seed: int) -> None:
 
 def prepare_data(cfg: TrainConfig) -> None:
     """Generate the synthetic data set when the config asks for it and it is missing."""
+    text = cfg.data.text
+    if text is not None and text.synthetic is not None:
+        from cambrian_train.data.text_synthetic import ensure_text_synthetic
+
+        ensure_text_synthetic(cfg.data.train_path, text.synthetic, text.instruction_tuned)
     if cfg.data.synthetic is None:
         return
     from cambrian_train.data.synthetic import ensure_synthetic
@@ -117,11 +123,13 @@ def run_stage(
     groups = stage_param_groups(model, stage)
 
     encoder = stage_encoder(cfg, stage, tokenizer, model.image_specs())
-    records = open_stage_records(cfg.data, stage, cfg.seed)
-    dataset = SupervisedDataset(records, encoder)
+    text = text_stage(cfg, stage, tokenizer, model.llm.config) if cfg.data.text else None
+    stage = text.stage if text else stage
+    records = text.data.train if text else open_stage_records(cfg.data, stage, cfg.seed)
+    dataset = text.data.train if text else SupervisedDataset(records, encoder)
     skips = SkipStats(strict=cfg.data.strict)
     host_batch = backend.host_batch_size(stage.per_device_batch_size)
-    shape = batch_shape(cfg.data, stage, encoder.slot_len, cfg.mesh.tensor)
+    shape = text.shape if text else batch_shape(cfg.data, stage, encoder.slot_len, cfg.mesh.tensor)
     collate_fn = functools.partial(
         collate_rows if shape.uses_packer else collate,
         slot_len=encoder.slot_len,
@@ -163,6 +171,12 @@ def run_stage(
     if cfg.data.packing and stage.max_steps is None:  # epochs → steps needs the token count
         tokens = int(record_lengths(records, LengthSpec.from_encoder(encoder)).lengths.sum())
     steps = planned_steps(stage, len(dataset), tokens, shape.seq_len)
+    after_step = None
+    if text:  # validation loss at epoch ends (train/text_stage.py), and once before training
+        after_step = text.validator(model, backend, run_logger, steps, host_batch, collate_fn)
+        resuming = persistence is not None and persistence.restore_from
+        if after_step is not None and not resuming:
+            after_step(0)
     try:
         result = train_stage(
             stage,
@@ -173,6 +187,7 @@ def run_stage(
             steps,
             run_logger,
             persistence,
+            after_step,
         )
     except DataError as err:  # say which file this stage read, and which setting chose it
         raise DataError(f"stage {stage.name}: {err}; {stage_data_source(cfg, stage)}") from None
@@ -199,8 +214,9 @@ def run_stage(
         "init_from": init_from,
         "init_digest": init_digest,
         "skipped": skips.summary(),
+        **(text.results() if text else {}),
     }
-    if stage.eval_after and cfg.data.test_path:
+    if stage.eval_after and cfg.data.test_path and not text:
         questions = load_questions(cfg.data.test_path)[: cfg.eval.max_samples]
         # prompts sized by the evaluation's own limit, not the stage's training length
         limit = eval_prompt_limit(cfg, model.llm.config)
@@ -289,6 +305,16 @@ def format_table(results: Dict) -> str:
     lines = [f"| {rows[0][0]:<{width}} | {rows[0][1]} |", f"|{'-' * (width + 2)}|{'-' * 15}|"]
     lines += [f"| {a:<{width}} | {b:>13} |" for a, b in rows[1:]]
     return "\n".join(lines)
+
+
+def format_val_losses(results: Dict) -> str:
+    """One line per text stage (train/text_stage.py): its validation loss before and after."""
+    return "\n".join(
+        f"stage {name}: val_loss {stage['first_val_loss']:.4f} (first) -> "
+        f"{stage['val_loss']:.4f} (last) over {len(stage['val_history'])} validations"
+        for name, stage in results["stages"].items()
+        if "val_loss" in stage
+    )
 
 
 def checkpoint_root(cfg: TrainConfig, out: str) -> str:
@@ -414,5 +440,6 @@ def run(cfg: TrainConfig) -> Dict:
         run_logger.close()
         backend.shutdown()
     if backend.is_main:
-        log.info("results (%s):\n%s", storage.join(out, RESULTS_FILE), format_table(results))
+        table = format_val_losses(results) if cfg.data.text else format_table(results)
+        log.info("results (%s):\n%s", storage.join(out, RESULTS_FILE), table)
     return results

@@ -173,6 +173,35 @@ class DataSourceConfig:
 
 
 @dataclass
+class TextSyntheticConfig:
+    """A generated text data set (data/text_synthetic.py): instruction records (with their
+    template.json) or a plain-text corpus, written at ``data.train_path`` when missing."""
+
+    seed: int = 0
+    num_records: int = 2000  # instruction records, or corpus documents (one per line)
+
+
+@dataclass
+class TextDataConfig:
+    """Text-only fine-tuning of the LLM, SageMaker JumpStart style (data/text_data.py): every
+    stage of the run reads ``data.train_path`` as text (no images, no chat template). Names and
+    defaults are SageMaker's."""
+
+    instruction_tuned: bool = False  # JSONL + template.json; false: domain adaptation (blocks)
+    template: Optional[str] = None  # template.json; None = template.json beside data.train_path
+    validation_path: Optional[str] = None  # None = split one off data.train_path
+    validation_split_ratio: float = 0.2  # share of the records held out (0 = no validation)
+    train_data_split_seed: int = 0
+    max_train_samples: int = -1  # -1 = all; else the first N after the split
+    max_val_samples: int = -1
+    # tokens per sequence: -1 = min(1024, tokenizer.model_max_length); a positive value is
+    # capped at model_max_length. It is the row length of a text stage (replaces max_length).
+    max_input_length: int = -1
+    txt_unit: str = "line"  # domain .txt files: "line" (a line a document) | "file"
+    synthetic: Optional[TextSyntheticConfig] = None  # generate data.train_path when missing
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     root: Optional[str] = None  # directory of a generated data set (with ``synthetic``)
@@ -184,7 +213,7 @@ class DataConfig:
     synthetic: Optional[SyntheticConfig] = None  # when set, the files are generated if missing
     image_aspect_ratio: str = "pad"  # pad | resize
     system_prompt: Optional[str] = None  # None = the template's default, "" = none
-    max_images: int = 1  # image slots per sample (I)
+    max_images: int = 1  # image slots per sample (I); 0 only with ``text`` (no image slots)
     num_workers: int = 0
     strict: bool = False  # fail on the first bad record instead of counting and skipping it
     # a mixture read instead of train_path (data/mixture.py), sources keyed by name
@@ -201,6 +230,8 @@ class DataConfig:
     # image slots shared by the rows of one device's micro-batch (batch.py), instead of slots
     # per row: text-only rows then run no tower; None = per row (max_images / pack_images)
     image_budget: Optional[int] = None
+    # text-only fine-tuning (SageMaker style, data/text_data.py); None = LLaVA / document records
+    text: Optional[TextDataConfig] = None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Optional
 
 from cambrian_train.config.adapters import check_adapters
 from cambrian_train.config.schema import TrainConfig
+from cambrian_train.config.text_checks import check_text
 from cambrian_train.registry import BACKENDS, CONNECTORS, LLMS, VISION_TOWERS
 
 SELECT_FEATURES = ("patch", "cls_patch")
@@ -302,8 +303,8 @@ def _check_data(cfg: TrainConfig, errors: list[str]) -> None:
         errors.append(
             f"data.image_aspect_ratio={d.image_aspect_ratio!r} is not one of {list(ASPECT_RATIOS)}"
         )
-    if d.max_images < 1:
-        errors.append(f"data.max_images={d.max_images} must be >= 1")
+    if d.max_images < (0 if d.text else 1):  # text data: batches have no image slots
+        errors.append(f"data.max_images={d.max_images} must be >= 1 (0 only with data.text)")
     if d.pack_length is not None and d.pack_length < 1:
         errors.append(f"data.pack_length={d.pack_length} must be >= 1 (or null)")
     if d.pack_images is not None and d.pack_images < 0:
@@ -327,6 +328,8 @@ def _check_data(cfg: TrainConfig, errors: list[str]) -> None:
     if d.synthetic is not None:
         _check_synthetic_paths(cfg, errors)
         return  # generated before training when missing
+    if d.text is not None:
+        return  # its files: config/text_checks.py
     needed = {"data.image_folder": d.image_folder}
     for name in cfg.run_stages:
         st = cfg.stages.get(name)
@@ -530,6 +533,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     _check_stages(cfg, errors)
     _check_runtime(cfg, errors)
     _check_mixture(cfg, errors)
+    check_text(cfg, errors, check_paths)
     if check_paths:
         _check_data(cfg, errors)
     raise_errors(errors)

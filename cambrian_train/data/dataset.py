@@ -17,6 +17,7 @@ import torch
 from PIL import UnidentifiedImageError
 
 from cambrian_train.config.validate import vision_slot_len
+from cambrian_train.data.documents import encode_document, is_document
 from cambrian_train.data.images import content_box, load_image, tower_tensors
 from cambrian_train.data.records import RecordError
 from cambrian_train.data.templates import (
@@ -166,7 +167,7 @@ def record_images(record: dict) -> List[str]:
 
 
 class SupervisedDataset(torch.utils.data.Dataset):
-    """Training samples from LLaVA records."""
+    """Training samples from LLaVA records and interleaved documents (data/documents.py)."""
 
     def __init__(self, records: Sequence, encoder: ImageTextEncoder):
         self.records = records
@@ -179,12 +180,23 @@ class SupervisedDataset(torch.utils.data.Dataset):
         record_id = f"#{index}"
         try:
             record = self.records[index]
+            if is_document(record):  # interleaved image-text (data/documents.py)
+                return self._document(record, str(record.get("id", record_id)), index)
             if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
                 raise RecordError("bad_record", "not a dict with a 'conversations' list")
             record_id = str(record.get("id", record_id))
             return self._sample(record, record_id, index)
         except RecordError as err:
             return Skipped(index, record_id, err.reason, err.detail)
+
+    def _document(self, record: dict, record_id: str, index: int) -> Sample:
+        enc = self.encoder
+        encoded, images = encode_document(
+            record, enc.tokenizer, enc.slot_len, enc.placeholder_id, enc.max_images, enc.max_length
+        )
+        pixel_values, boxes = enc.load_images(images)
+        ids, labels, starts = encoded.input_ids, encoded.labels, encoded.image_starts
+        return Sample(record_id, ids, labels, starts, pixel_values, boxes, index)
 
     def _sample(self, record: dict, record_id: str, index: int) -> Sample:
         try:

@@ -7,6 +7,9 @@ tokenizer's Rust backend, in forked processes over the CPUs for large files: a s
 does about 1.5k LLaVA records a second (tiny byte-level BPE, ~400 text tokens a record), so 7M
 records take minutes on a many-core host, once.
 
+An interleaved document (data/documents.py) counts its texts' tokens, ``slot_len`` per image,
+and its BOS/EOS.
+
 A record that cannot be read or rendered (malformed JSON, unknown role, ...) still gets a length:
 an estimate (its JSON text length / 4, or 1 when it cannot be read) flagged ``estimated``, so the
 sampler keeps its index and the dataset sees it and counts it as skipped; no index is dropped.
@@ -35,13 +38,14 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from cambrian_train.data.dataset import record_images
+from cambrian_train.data.documents import document_pieces, is_document
 from cambrian_train.data.jsonl_index import cache_key, cache_root, source_stamp
 from cambrian_train.data.records import RecordError
 from cambrian_train.data.templates import IMAGE_TAG, TemplateMismatch, parse_turns
 from cambrian_train.fileutil import file_lock, is_url, local_path, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: interleaved documents (data/documents.py) get their encoded lengths
 CHARS_PER_TOKEN = 4  # estimate for records that cannot be encoded
 BATCH_RECORDS = 2048  # records whose pieces are tokenised in one call
 CHUNK_RECORDS = 16384  # records a process handles at a time
@@ -162,10 +166,13 @@ def piece_counter(tokenizer) -> Callable[[List[str]], np.ndarray]:
     return by_backend
 
 
-def record_pieces(record, spec: LengthSpec) -> Tuple[List[str], int, bool]:
-    """(text pieces to tokenise, number of image tags, multimodal) of one record, exactly as
-    :func:`cambrian_train.data.tokenize.encode` splits it. Raises RecordError / ValueError
+def record_pieces(record, spec: LengthSpec) -> Tuple[List[str], int, bool, int]:
+    """(text pieces to tokenise, number of image tags, multimodal, extra tokens) of one record,
+    exactly as :func:`cambrian_train.data.tokenize.encode` splits it (an interleaved document:
+    as data/documents.py encodes it, BOS/EOS the extra tokens). Raises RecordError / ValueError
     for a record the dataset would reject before tokenising."""
+    if is_document(record):
+        return document_pieces(record, spec.tokenizer)
     if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
         raise RecordError("bad_record", "not a dict with a 'conversations' list")
     multimodal = bool(record_images(record))
@@ -176,7 +183,7 @@ def record_pieces(record, spec: LengthSpec) -> Tuple[List[str], int, bool]:
         parts = segment.text.split(IMAGE_TAG)
         tags += len(parts) - 1
         pieces.extend(p for p in parts if p)
-    return pieces, tags, multimodal
+    return pieces, tags, multimodal, 0
 
 
 def _estimate(record) -> Tuple[int, bool]:
@@ -202,14 +209,14 @@ def _range_lengths(records: Sequence, spec: LengthSpec, first: int, stop: int) -
             record = None
             try:
                 record = records[i]
-                parts, tags, multimodal = record_pieces(record, spec)
+                parts, tags, multimodal, extra = record_pieces(record, spec)
             except TemplateMismatch:
                 raise  # a fault of the template, not of the record
             except (RecordError, ValueError):
                 out[0, i - first], out[1, i - first] = _estimate(record)
                 out[2, i - first] = 1
                 continue
-            out[:2, i - first] = tags * spec.slot_len, multimodal
+            out[:2, i - first] = tags * spec.slot_len + extra, multimodal
             pieces.extend(parts)
             owners.extend([i - begin] * len(parts))
         if pieces:

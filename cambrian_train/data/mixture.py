@@ -19,6 +19,8 @@ Records come back as shallow copies with ``source`` set to the source's name (re
 ``source`` field of the record) and their ``image`` paths joined to the source's image folder
 and made absolute, so one dataset serves sources with different image folders. Nothing is read
 until asked for: the mixture holds one index array (8 bytes a record).
+An interleaved document's ``images`` (data/documents.py) are joined and made absolute the same
+way.
 """
 
 from __future__ import annotations
@@ -184,6 +186,11 @@ def tag_record(record: Any, source: MixtureSource) -> Any:
         out["image"] = _absolute(source.image_folder, image)
     elif isinstance(image, list) and all(isinstance(p, str) for p in image):
         out["image"] = [_absolute(source.image_folder, p) for p in image]
+    images = record.get("images")  # an interleaved document's (data/documents.py); None = text
+    if "texts" in record and isinstance(images, list):
+        out["images"] = [
+            _absolute(source.image_folder, p) if isinstance(p, str) else p for p in images
+        ]
     return out
 
 

@@ -82,10 +82,11 @@ def build_sampler(
 ) -> IndexSampler:
     """The sampler of a stage: length-grouped (``data.group_by_length``) or shuffled.
 
+    Text data (``data.text``) is always shuffled, never length-grouped.
     ``encoder`` (:class:`ImageTextEncoder`) fixes what a length is; ``batch_size`` is one
     process's batch (the host batch); ``state`` (a stream's ``state_dict()``) resumes.
     """
-    if data_cfg.group_by_length:
+    if data_cfg.group_by_length and data_cfg.text is None:  # text data: shuffled
         lengths = record_lengths(records, LengthSpec.from_encoder(encoder))
         sampler: IndexSampler = LengthGroupedSampler(
             lengths.lengths,

@@ -149,6 +149,8 @@ class VisionLanguageModel(nn.Module):
         """→ (token embeddings with vision tokens scattered in [B, L, D], the LLM-side vision
         context for in-LLM SVA layers or None)."""
         g, i = batch.image_mask.shape  # image groups (batch.py)
+        if i == 0:  # no image slots (text-only data): no tower or connector work at all
+            return self.llm.get_input_embeddings()(batch.input_ids), None
         flat = {k: v.flatten(0, 1) for k, v in batch.pixel_values.items()}  # [G*I, 3, S, S]
         vision, towers = self.encode_images(flat, batch.image_boxes.flatten(0, 1))
         vision = vision.reshape(g, i, self.slot_len, -1)  # [G, I, Q, D]

@@ -95,6 +95,7 @@ def train_stage(
     total_steps: int,
     run_logger: RunLogger,
     persistence: Optional[Persistence] = None,
+    after_step: Optional[Callable[[int], None]] = None,
 ) -> StageResult:
     """Run ``total_steps`` optimiser steps of ``stage`` on an already prepared model.
 
@@ -103,6 +104,8 @@ def train_stage(
     data cursor after the latest host batch drawn.
     With ``persistence``, the training state is saved every ``save_every`` steps and when a stop
     signal arrives (then :class:`Preempted` is raised), and ``restore_from`` resumes a stage.
+    ``after_step(step)`` runs after every optimiser step (a text stage's validation loss at
+    epoch ends, run.py), on every process.
     """
     _describe(stage, model, groups, total_steps)
     optimizer = build_optimizer(groups, stage)
@@ -173,6 +176,8 @@ def train_stage(
                 bar.set_postfix(loss=f"{report.final_loss:.4f}")
                 if step % stage.log_every == 0 or last:
                     (bar.write if show_bar else log.info)(report.line)
+            if after_step is not None:
+                after_step(step)
             if persistence is not None and not last:
                 due = persistence.save_every and step % persistence.save_every == 0
                 if due or stopping:
