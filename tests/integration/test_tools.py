@@ -41,3 +41,18 @@ def test_bench_step_runs(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "packed / padded useful tokens/s" in proc.stdout
     assert "HF LLaVA / ours" in proc.stdout
+
+
+def test_bench_lora_runs_and_lora_trains_fewer_parameters():
+    proc = subprocess.run(
+        [sys.executable, "tools/bench_lora.py", "--steps", "1", "--hidden", "128", "--layers"]
+        + ["2", "--vocab", "600", "--batch", "1", "--length", "128", "--rank", "4"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ratio = [line for line in proc.stdout.splitlines() if line.startswith("LoRA/full")]
+    trainable = float(ratio[0].split("trainable ")[1].split(",")[0])
+    assert 0 < trainable < 0.5, proc.stdout
