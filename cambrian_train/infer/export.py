@@ -207,7 +207,7 @@ def export_checkpoint(
 ) -> str:
     """A run checkpoint (``<run>/<stage>/checkpoint``) → a self-contained export directory
     (``adapters``: what becomes of LoRA adapters, see :func:`write_export`)."""
-    model, cfg, stage = model_from_checkpoint(checkpoint)
+    model, cfg, stage = model_from_checkpoint(checkpoint, full_precision_base=True)
     tokenizer = load_tokenizer(cfg.model.llm)
     source = storage.absolute(checkpoint)
     prompt = prompt_settings(cfg, stage)

@@ -141,10 +141,15 @@ def load_trainable(model: VisionLanguageModel, path: str) -> int:
     return len(tensors)
 
 
-def model_from_checkpoint(path: Union[str, Path]) -> Tuple[VisionLanguageModel, TrainConfig, str]:
+def model_from_checkpoint(
+    path: Union[str, Path], full_precision_base: bool = False
+) -> Tuple[VisionLanguageModel, TrainConfig, str]:
     """Rebuild a run checkpoint's model: pretrained parts, then the trained and connector
-    tensors. → (model in eval mode, run config, stage name)."""
+    tensors. → (model in eval mode, run config, stage name). ``full_precision_base``: a
+    QLoRA / int8 run's adapters go onto the unquantised LLM (what an export merges into)."""
     ckpt, cfg, stage = read_run_checkpoint(path)
+    if full_precision_base and cfg.model.llm.quantization is not None:
+        cfg.model.llm.quantization = None
     model = build_model(cfg.model, pretrained=True)
     count = load_trainable(model, storage.join(ckpt, TRAINABLE_FILE))
     load_connector(model, storage.join(ckpt, CONNECTOR_FILE))

@@ -53,3 +53,49 @@ def test_gpu_mfu_script_reports_mfu(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "MFU over the last" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_qlora_and_int8_base_train_adapters_on_one_gpu(tiny_overrides, tmp_path, quantization):
+    """A bitsandbytes-quantised frozen LLM (4-bit NF4 = QLoRA, or LLM.int8()) with LoRA adapters
+    on one GPU: the run trains (loss falls), only adapters and connector are saved, and the
+    export merges them into the unquantised base."""
+    pytest.importorskip("bitsandbytes")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "1",
+            "-m",
+            "cambrian_train",
+            *tiny_overrides,
+            "backend=cuda_fsdp",
+            "backend.dtype=bfloat16",
+            "model.llm.dtype=bfloat16",
+            f"model.llm.quantization={quantization}",
+            "model.llm.lora.r=8",
+            "stages.finetune.lr=5e-3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["stages"]["finetune"]["final_loss"] < results["stages"]["finetune"]["first_loss"]
+    from safetensors import safe_open
+
+    from cambrian_train.models.lora import is_adapter_name
+
+    ckpt = tmp_path / "run" / "finetune" / "checkpoint"
+    with safe_open(str(ckpt / "trainable.safetensors"), framework="pt") as f:
+        llm = [k for k in f.keys() if k.startswith("llm.")]
+    assert llm and all(is_adapter_name(k) for k in llm)
+    from cambrian_train.infer.export import export_checkpoint
+    from cambrian_train.infer.load import load_pretrained
+
+    model, _, _ = load_pretrained(export_checkpoint(ckpt, tmp_path / "export"))
+    assert model.cfg.llm.quantization is None and model.cfg.llm.lora.r == 0
