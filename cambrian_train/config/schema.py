@@ -131,6 +131,24 @@ class DataSourceConfig:
 
 
 @dataclass
+class TilingConfig:
+    """Dynamic tiling of images (data/tiling.py, InternVL2's rule): each image is cut into a grid
+    of ``tile_size`` squares, each one image slot (they count against data.max_images)."""
+
+    max_num: Optional[int] = None  # most tiles per image (e.g. 12); None or 0 = tiling off
+    min_num: int = 1  # fewest tiles per image
+    tile_size: int = 448  # tile side in pixels (each tower then resizes a tile to its own size)
+    thumbnail: bool = True  # append the whole image at tile size when there is > 1 tile
+
+
+@dataclass
+class VideoConfig:
+    """Video records (data/video.py): ``"video": file or [frame files]`` with a <video> tag."""
+
+    num_frames: int = 8  # frames sampled per video, one image slot each (not tiled)
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     root: Optional[str] = None  # directory of a generated data set (with ``synthetic``)
@@ -159,6 +177,8 @@ class DataConfig:
     # image slots shared by the rows of one device's micro-batch (batch.py), instead of slots
     # per row: text-only rows then run no tower; None = per row (max_images / pack_images)
     image_budget: Optional[int] = None
+    tiling: TilingConfig = field(default_factory=TilingConfig)  # off unless tiling.max_num > 0
+    video: VideoConfig = field(default_factory=VideoConfig)
 
 
 @dataclass

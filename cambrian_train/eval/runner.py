@@ -111,7 +111,7 @@ def encode_items(
                 f"{len(item.images)} images"
             )
         try:
-            encoded.append(encoder.encode_prompt(item.prompt))
+            encoded.append(encoder.encode_prompt(item.prompt, encoder.tile_counts(item.images)))
         except RecordError as err:
             raise ValueError(
                 f"{benchmark.name}: item {item.id}: {err} (the model's max_length is "
@@ -186,7 +186,7 @@ def generate_shard(
     """
     stopping = Stopping.of(encoder, decoding)
     device = next(model.parameters()).device
-    num_slots = max(1, max(len(item.images) for item in items))
+    num_slots = max(1, max(len(p.image_starts) for p in prompts))  # tiles with data.tiling
     longest = max(len(p.input_ids) for p in prompts)
     out: Dict[int, str] = {}
     for number in batch_numbers:
@@ -259,10 +259,10 @@ def evaluate(
     prompts = encode_items(encoder, benchmark, items)
     batches = plan_batches([len(p.input_ids) for p in prompts], batch_size)
     mine = shard_batches(len(batches), rank, world_size)
-    most_images = max(len(item.images) for item in items)
+    most_images = max(len(p.image_starts) for p in prompts)
     if most_images > encoder.max_images:
         log.warning(
-            "%s: an item has %d images; the model was trained with at most %d per prompt",
+            "%s: an item takes %d image slots; the model was trained with at most %d per prompt",
             benchmark.name,
             most_images,
             encoder.max_images,
