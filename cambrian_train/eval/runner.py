@@ -36,6 +36,7 @@ from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import ImageTextEncoder, Sample
 from cambrian_train.data.records import RecordError
 from cambrian_train.data.templates import IMAGE_TAG
+from cambrian_train.data.tiling import enabled
 from cambrian_train.data.tokenize import Encoded
 from cambrian_train.eval.benchmarks import Benchmark, EvalItem
 from cambrian_train.infer.chat import turn_end
@@ -262,9 +263,10 @@ def evaluate(
     most_images = max(len(p.image_starts) for p in prompts)
     if most_images > encoder.max_images:
         log.warning(
-            "%s: an item takes %d image slots; the model was trained with at most %d per prompt",
+            "%s: an item has %d %s; the model was trained with at most %d per prompt",
             benchmark.name,
             most_images,
+            "image slots (tiles)" if enabled(encoder.tiling) else "images",
             encoder.max_images,
         )
     log.info(
