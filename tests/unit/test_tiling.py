@@ -362,3 +362,37 @@ def test_eval_and_inference_tile_as_training(tokenizer, images, compose, tmp_pat
         OmegaConf.to_yaml(OmegaConf.structured(ExportedConfig(model=cfg.model, prompt=settings)))
     )
     assert parse_config(path, ExportedConfig).prompt.tiling == TilingConfig(max_num=4, tile_size=32)
+
+
+@pytest.mark.integration
+def test_tiled_two_stage_run_and_its_checkpoint_tile(tiny_overrides, tmp_path):
+    """The CLI trains both stages with tiling on (nothing skipped), evaluates, and the model
+    loaded back from its checkpoint tiles prompts as training did."""
+    import subprocess
+    import sys
+
+    from cambrian_train.eval.vqa import load_questions, question_text
+    from cambrian_train.infer.load import load_pretrained
+
+    overrides = [*tiny_overrides, *DEMO_TILED[1:]]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cambrian_train", *overrides],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    for stage in ("pretrain", "finetune"):
+        assert results["stages"][stage]["skipped"]["total"] == 0
+        assert results["stages"][stage]["eval"]["count"] == 8
+    _, _, encoder = load_pretrained(tmp_path / "run" / "finetune" / "checkpoint")
+    assert encoder.tiling == TilingConfig(max_num=4, tile_size=32) and encoder.max_images == 5
+    folder = next(o.split("=", 1)[1] for o in tiny_overrides if o.startswith("data.root="))
+    question = load_questions(f"{folder}/test.jsonl")[0]
+    image = f"{folder}/images/{question.image}"
+    prompt = encoder.encode_prompt(question_text(question), encoder.tile_counts([image]))
+    assert len(prompt.image_starts) == 5  # 64-px square: 2×2 tiles of 32 px + thumbnail
+    pixels, _ = encoder.load_images([image], [5])
+    assert pixels["clip"].shape == (5, 3, 64, 64)
