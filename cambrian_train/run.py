@@ -274,11 +274,12 @@ def check_eval_prompts(cfg: TrainConfig, tokenizer) -> None:
     limit = eval_prompt_limit(cfg)
     questions = load_questions(cfg.data.test_path)[: cfg.eval.max_samples]
     for stage in stages:
-        # prompt text only (no images are read); measured with no length limit
+        # prompt text only (with data.tiling, the images' headers); no length limit
         encoder = dataclasses.replace(stage_encoder(cfg, stage, tokenizer, {}), max_length=1 << 30)
         longest, where = 0, None
         for q in questions:
-            n = len(encoder.encode_prompt(question_text(q)).input_ids)
+            counts = encoder.tile_counts([q.image])
+            n = len(encoder.encode_prompt(question_text(q), counts).input_ids)
             if n > longest:
                 longest, where = n, q.id
         if longest > limit:

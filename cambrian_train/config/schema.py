@@ -202,6 +202,24 @@ class TextDataConfig:
 
 
 @dataclass
+class TilingConfig:
+    """Dynamic tiling of images (data/tiling.py, InternVL2's rule): each image is cut into a grid
+    of ``tile_size`` squares, each one image slot (they count against data.max_images)."""
+
+    max_num: Optional[int] = None  # most tiles per image (e.g. 12); None or 0 = tiling off
+    min_num: int = 1  # fewest tiles per image
+    tile_size: int = 448  # tile side in pixels (each tower then resizes a tile to its own size)
+    thumbnail: bool = True  # append the whole image at tile size when there is > 1 tile
+
+
+@dataclass
+class VideoConfig:
+    """Video records (data/video.py): ``"video": file or [frame files]`` with a <video> tag."""
+
+    num_frames: int = 8  # frames sampled per video, one image slot each (not tiled)
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     root: Optional[str] = None  # directory of a generated data set (with ``synthetic``)
@@ -232,6 +250,8 @@ class DataConfig:
     image_budget: Optional[int] = None
     # text-only fine-tuning (SageMaker style, data/text_data.py); None = LLaVA / document records
     text: Optional[TextDataConfig] = None
+    tiling: TilingConfig = field(default_factory=TilingConfig)  # off unless tiling.max_num > 0
+    video: VideoConfig = field(default_factory=VideoConfig)
 
 
 @dataclass

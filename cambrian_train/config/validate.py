@@ -293,6 +293,34 @@ def pack_shape(data, stage, slot_len: int) -> tuple:
     return length, images
 
 
+def _check_media(cfg: TrainConfig, errors: list[str]) -> None:
+    """Tiling and video settings; the image slots must hold one fully tiled image."""
+    from cambrian_train.data.tiling import enabled, max_tiles
+
+    d, t = cfg.data, cfg.data.tiling
+    if d.video.num_frames < 1:
+        errors.append(f"data.video.num_frames={d.video.num_frames} must be >= 1")
+    if t.max_num is not None and t.max_num < 0:
+        errors.append(f"data.tiling.max_num={t.max_num} must be >= 1 (or 0 / null: tiling off)")
+    if not enabled(t):
+        return
+    if t.tile_size < 1:
+        errors.append(f"data.tiling.tile_size={t.tile_size} must be >= 1")
+    if not 1 <= t.min_num <= t.max_num:
+        errors.append(
+            f"data.tiling.min_num={t.min_num} must be in [1, data.tiling.max_num={t.max_num}]"
+        )
+        return
+    slots = max_tiles(t)
+    if d.max_images < slots:
+        thumb = " + 1 thumbnail (data.tiling.thumbnail=true)" if slots > t.max_num else ""
+        errors.append(
+            f"data.max_images={d.max_images} image slots cannot hold one tiled image: "
+            f"data.tiling.max_num={t.max_num} tiles{thumb} = {slots} slots; raise "
+            f"data.max_images to >= {slots} or lower data.tiling.max_num"
+        )
+
+
 def _is_remote(path: str) -> bool:
     return "://" in path
 
@@ -534,6 +562,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     _check_runtime(cfg, errors)
     _check_mixture(cfg, errors)
     check_text(cfg, errors, check_paths)
+    _check_media(cfg, errors)
     if check_paths:
         _check_data(cfg, errors)
     raise_errors(errors)

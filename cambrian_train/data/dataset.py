@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from cambrian_train.config.validate import vision_slot_len
 from cambrian_train.data.documents import encode_document, is_document
-from cambrian_train.data.images import content_box, load_image, tower_tensors
+from cambrian_train.data.images import content_box, image_size, load_image, tower_tensors
+from cambrian_train.data.media import MediaPlan, check_slots, plan_media, record_images
 from cambrian_train.data.records import RecordError
 from cambrian_train.data.templates import (
     IMAGE_TAG,
@@ -28,10 +29,19 @@ from cambrian_train.data.templates import (
     get_template,
     parse_turns,
 )
+from cambrian_train.data.tiling import (
+    check_counts,
+    enabled,
+    expand_image_tags,
+    num_tiles,
+    tile_image,
+)
 from cambrian_train.data.tokenize import Encoded, append_text, encode
+from cambrian_train.data.video import read_frame_list, read_video_file
 from cambrian_train.models.vision.base import ImageSpec
 
 log = logging.getLogger(__name__)
+__all__ = ["ImageTextEncoder", "Sample", "Skipped", "SupervisedDataset", "record_images"]
 
 
 @dataclass
@@ -55,7 +65,12 @@ class Skipped:
 
 @dataclass
 class ImageTextEncoder:
-    """What turns text + image paths into model inputs (shared by training and evaluation)."""
+    """What turns text + image paths into model inputs (shared by training and evaluation).
+
+    With ``tiling`` on (data/tiling.py) an image is cut into tiles, each its own image slot:
+    a prompt's ``<image>`` tags then need the tile counts (:meth:`tile_counts`) to be encoded,
+    and :meth:`load_images` / :meth:`image_tensors` return every tile of every image in order.
+    """
 
     tokenizer: object
     template: ChatTemplate
@@ -66,23 +81,58 @@ class ImageTextEncoder:
     max_length: int
     aspect_ratio: str = "pad"
     system_prompt: Optional[str] = None
+    tiling: Optional[object] = None  # a TilingConfig (data.tiling); None or max_num 0: off
+    num_frames: int = 8  # frames a video record gives (data.video.num_frames)
 
     @property
     def placeholder_id(self) -> int:
         return self.tokenizer.pad_token_id
 
+    def tile_counts(self, images: Sequence[Union[str, bytes, Image.Image]]) -> List[int]:
+        """Image slots each image takes: 1 without tiling, else its tiles, from the size in its
+        header (a path relative to ``image_folder`` or encoded bytes; nothing is decoded) or of
+        a decoded RGB image. RecordError reasons: missing_image, bad_image."""
+        if not enabled(self.tiling):
+            return [1] * len(images)
+        return [num_tiles(*self._size(ref), self.tiling) for ref in images]
+
     def load_images(
-        self, refs: Sequence[Union[str, bytes]]
+        self, refs: Sequence[Union[str, bytes]], counts: Optional[Sequence[int]] = None
     ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
-        """Decode and preprocess → ({tower: [n, 3, S, S] uint8}, boxes [n, 4]).
+        """Decode and preprocess → ({tower: [n, 3, S, S] uint8}, boxes [n, 4]); n counts
+        tiles with tiling on. ``counts`` (what the prompt was encoded with) are checked.
 
         A ref is a path (relative to ``image_folder``) or encoded image bytes (benchmarks that
         embed their images). RecordError reasons: missing_image, bad_image.
         """
-        return self.image_tensors([self._decode(ref) for ref in refs])
+        return self.image_tensors([self._decode(ref) for ref in refs], counts=counts)
 
-    def image_tensors(self, images: Sequence) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
-        """Decoded RGB images → ({tower: [n, 3, S, S] uint8}, boxes [n, 4])."""
+    def load_media(self, plan: MediaPlan) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """A record's tensors: its images' tiles, or its video's sampled frames (not tiled).
+        RecordError reasons: missing_image, bad_image, missing_video, bad_video."""
+        if plan.video is None:
+            return self.load_images(plan.images, plan.counts)
+        if isinstance(plan.video, str):
+            frames = read_video_file(os.path.join(self.image_folder, plan.video), self.num_frames)
+        else:
+            frames = read_frame_list(plan.video, self.num_frames, self._decode)
+        return self.image_tensors(frames, tile=False)
+
+    def image_tensors(
+        self, images: Sequence, tile: bool = True, counts: Optional[Sequence[int]] = None
+    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """Decoded RGB images → ({tower: [n, 3, S, S] uint8}, boxes [n, 4]): with tiling on
+        (and ``tile``) each image's tiles in order. RecordError ``bad_image`` when an image's
+        tiles differ from ``counts``."""
+        if tile and enabled(self.tiling):
+            tiled = [tile_image(img, self.tiling) for img in images]
+            if counts is not None and [len(t) for t in tiled] != list(counts):
+                raise RecordError(
+                    "bad_image",
+                    f"decoded images give {[len(t) for t in tiled]} tiles, their headers "
+                    f"{list(counts)}",
+                )
+            images = [t for tiles in tiled for t in tiles]
         per_tower: Dict[str, list] = {name: [] for name in self.image_specs}
         boxes = []
         for img in images:
@@ -97,17 +147,43 @@ class ImageTextEncoder:
         }
         return pixels, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
-    def _decode(self, ref: Union[str, bytes]):
+    def _source(self, ref: Union[str, bytes]) -> Tuple[object, str]:
         if isinstance(ref, (bytes, bytearray)):
-            source, where = io.BytesIO(ref), f"of {len(ref)} bytes"
-        else:
-            source = where = os.path.join(self.image_folder, ref)
-            if not os.path.isfile(source):
-                raise RecordError("missing_image", f"image {source} does not exist")
+            return io.BytesIO(ref), f"of {len(ref)} bytes"
+        source = os.path.join(self.image_folder, ref)
+        if not os.path.isfile(source):
+            raise RecordError("missing_image", f"image {source} does not exist")
+        return source, source
+
+    def _decode(self, ref: Union[str, bytes]):
+        source, where = self._source(ref)
         try:
             return load_image(source)
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise RecordError("bad_image", f"image {where} cannot be decoded: {err}") from None
+
+    def _size(self, ref: Union[str, bytes, Image.Image]) -> Tuple[int, int]:
+        if isinstance(ref, Image.Image):
+            return ref.size
+        source, where = self._source(ref)
+        try:
+            return image_size(source)
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise RecordError("bad_image", f"image {where} cannot be read: {err}") from None
+
+    def expand_tags(self, text: str, counts: Optional[Sequence[int]]) -> str:
+        """``text`` with its i-th ``<image>`` repeated ``counts[i]`` times (one per tile).
+        ``counts`` None: one slot per tag, which with tiling on is a caller's error."""
+        tags = text.count(IMAGE_TAG)
+        if counts is None:
+            if tags and enabled(self.tiling):
+                raise ValueError(
+                    "data.tiling is on: encode a prompt with its images' tile counts "
+                    "(ImageTextEncoder.tile_counts)"
+                )
+            return text
+        check_counts(counts, tags, "prompt")
+        return expand_image_tags(text, counts)[0]
 
     def encode_turns(self, turns: List[Turn], record_id: str = "?") -> Encoded:
         """A training conversation with its labels."""
@@ -122,9 +198,12 @@ class ImageTextEncoder:
             record_id=record_id,
         )
 
-    def encode_prompt(self, question: str) -> Encoded:
-        """A generation prompt for one user question (may contain <image>); no labels."""
+    def encode_prompt(self, question: str, counts: Optional[Sequence[int]] = None) -> Encoded:
+        """A generation prompt for one user question (may contain <image>); no labels.
+        ``counts``: slots per image tag (:meth:`tile_counts` of its images; needed with
+        tiling on)."""
         out = Encoded()
+        question = self.expand_tags(question, counts)
         text = self.template.generation_prompt(question, self.system_prompt)
         append_text(out, text, False, self.tokenizer, self.slot_len, self.placeholder_id)
         if len(out.input_ids) > self.max_length:
@@ -153,17 +232,9 @@ def stage_encoder(
         max_length=stage.max_length,
         aspect_ratio=cfg.data.image_aspect_ratio,
         system_prompt=cfg.data.system_prompt,
+        tiling=cfg.data.tiling,
+        num_frames=cfg.data.video.num_frames,
     )
-
-
-def record_images(record: dict) -> List[str]:
-    image = record.get("image")
-    if image is None:
-        return []
-    images = image if isinstance(image, list) else [image]
-    if not all(isinstance(p, str) for p in images):
-        raise RecordError("bad_record", f"'image' must be a path or a list of paths: {image!r}")
-    return images
 
 
 class SupervisedDataset(torch.utils.data.Dataset):
@@ -194,7 +265,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         encoded, images = encode_document(
             record, enc.tokenizer, enc.slot_len, enc.placeholder_id, enc.max_images, enc.max_length
         )
-        pixel_values, boxes = enc.load_images(images)
+        # one slot per document image: documents are not tiled (their images are many)
+        pixel_values, boxes = enc.image_tensors([enc._decode(r) for r in images], tile=False)
         ids, labels, starts = encoded.input_ids, encoded.labels, encoded.image_starts
         return Sample(record_id, ids, labels, starts, pixel_values, boxes, index)
 
@@ -205,19 +277,11 @@ class SupervisedDataset(torch.utils.data.Dataset):
             raise RecordError("unknown_role", str(err)) from None
         if not any(t.role == "assistant" for t in turns):
             raise RecordError("no_assistant_turn", "no 'gpt' turn")
-        images = record_images(record)
-        tags = sum(t.text.count(IMAGE_TAG) for t in turns)
-        if tags != len(images):
-            raise RecordError(
-                "image_count_mismatch", f"{tags} <image> tags for {len(images)} images"
-            )
-        if len(images) > self.encoder.max_images:
-            raise RecordError(
-                "too_many_images",
-                f"{len(images)} images > data.max_images={self.encoder.max_images}",
-            )
-        encoded = self.encoder.encode_turns(turns, record_id)
-        pixel_values, boxes = self.encoder.load_images(images)
+        enc = self.encoder
+        plan = plan_media(record, turns, enc.image_folder, enc.tiling, enc.num_frames)
+        check_slots(plan, enc.max_images)
+        encoded = enc.encode_turns(plan.turns, record_id)
+        pixel_values, boxes = enc.load_media(plan)
         return Sample(
             record_id,
             encoded.input_ids,

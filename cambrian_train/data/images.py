@@ -17,6 +17,8 @@ from PIL import Image, ImageOps
 
 from cambrian_train.models.vision.base import ImageSpec
 
+EXIF_ORIENTATION = 0x0112
+
 
 def load_image(path: str) -> Image.Image:
     """Decode an image as RGB, honouring EXIF orientation; PIL errors propagate to the caller."""
@@ -27,6 +29,16 @@ def load_image(path: str) -> Image.Image:
             background = Image.new("RGBA", img.size, (255, 255, 255, 255))
             img = Image.alpha_composite(background, img)
         return img.convert("RGB")
+
+
+def image_size(source) -> Tuple[int, int]:
+    """(width, height) of an image as :func:`load_image` decodes it, from its header only (PIL
+    opens lazily): an EXIF orientation that transposes (5-8) swaps the two."""
+    with Image.open(source) as img:
+        width, height = img.size
+        if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+            return height, width
+        return width, height
 
 
 def pad_to_square(img: Image.Image, fill: tuple) -> Image.Image:

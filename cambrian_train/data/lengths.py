@@ -2,7 +2,10 @@
 
 The length of a record is the number of tokens :meth:`ImageTextEncoder.encode_turns` gives it:
 the template's rendered segments split at ``<image>``, each piece tokenised on its own, plus
-``slot_len`` placeholder positions per image tag. Pieces are tokenised in batches with the fast
+``slot_len`` placeholder positions per image slot. Slots come from data/media.py's plan, as the
+dataset's: with ``data.tiling`` on, one per tile, the tile counts read from the image headers
+(no decoding; one file open per image, once per data file); a video, ``num_frames`` slots and
+its frame lines. Pieces are tokenised in batches with the fast
 tokenizer's Rust backend, in forked processes over the CPUs for large files: a single process
 does about 1.5k LLaVA records a second (tiny byte-level BPE, ~400 text tokens a record), so 7M
 records take minutes on a many-core host, once.
@@ -19,8 +22,10 @@ Cache: ``data.jsonl.len-<key>.npy`` (int32 ``[3, N]``: length, multimodal, estim
 as :func:`jsonl_index.source_stamp` — the key and the record count), beside the file or, where
 that directory is not writable (and for URLs), under ``$CAMBRIAN_INDEX_DIR`` (default
 ``~/.cache/cambrian-train/index``): the policy of :mod:`cambrian_train.data.jsonl_index`.
-``<key>`` hashes the tokenizer's content, the template, ``slot_len`` and the system prompt, so a
-change of any of them, or of the file, computes the lengths again.
+``<key>`` hashes the tokenizer's content, the template, ``slot_len``, the system prompt, the
+video frame count and the tiling settings (with tiling on, also the image folder: the images
+themselves are not hashed), so a change of any of them, or of the file, computes the lengths
+again.
 """
 
 from __future__ import annotations
@@ -37,15 +42,16 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cambrian_train.data.dataset import record_images
 from cambrian_train.data.documents import document_pieces, is_document
 from cambrian_train.data.jsonl_index import cache_key, cache_root, source_stamp
+from cambrian_train.data.media import plan_media
 from cambrian_train.data.records import RecordError
 from cambrian_train.data.templates import IMAGE_TAG, TemplateMismatch, parse_turns
+from cambrian_train.data.tiling import enabled
 from cambrian_train.fileutil import file_lock, is_url, local_path, write_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2  # 2: interleaved documents (data/documents.py) get their encoded lengths
+FORMAT_VERSION = 3  # 2: interleaved documents get their encoded lengths; 3: videos and tiles
 CHARS_PER_TOKEN = 4  # estimate for records that cannot be encoded
 BATCH_RECORDS = 2048  # records whose pieces are tokenised in one call
 CHUNK_RECORDS = 16384  # records a process handles at a time
@@ -60,16 +66,34 @@ class LengthSpec:
     template: object  # templates.Template or TokenizerTemplate
     slot_len: int
     system_prompt: Optional[str] = None
+    image_folder: str = ""  # where image headers are read (tiling on only)
+    tiling: Optional[object] = None  # a TilingConfig; None or max_num 0: one slot per image
+    num_frames: int = 8  # slots of a video record
 
     @classmethod
     def from_encoder(cls, encoder) -> LengthSpec:
         """The spec of an :class:`ImageTextEncoder` (its lengths are what it encodes)."""
-        return cls(encoder.tokenizer, encoder.template, encoder.slot_len, encoder.system_prompt)
+        return cls(
+            encoder.tokenizer,
+            encoder.template,
+            encoder.slot_len,
+            encoder.system_prompt,
+            encoder.image_folder,
+            encoder.tiling,
+            encoder.num_frames,
+        )
 
     def key(self) -> str:
         """Hex digest of everything the lengths depend on (the cache key)."""
         digest = hashlib.sha256()
         digest.update(f"v{FORMAT_VERSION}|{self.slot_len}|{self.system_prompt!r}|".encode())
+        t = self.tiling
+        tiles = (
+            (t.max_num, t.min_num, t.tile_size, t.thumbnail, self.image_folder)
+            if enabled(t)
+            else None
+        )
+        digest.update(f"frames={self.num_frames}|tiles={tiles!r}|".encode())
         digest.update(template_fingerprint(self.template).encode())
         digest.update(tokenizer_fingerprint(self.tokenizer))
         return digest.hexdigest()[:16]
@@ -175,11 +199,12 @@ def record_pieces(record, spec: LengthSpec) -> Tuple[List[str], int, bool, int]:
         return document_pieces(record, spec.tokenizer)
     if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
         raise RecordError("bad_record", "not a dict with a 'conversations' list")
-    multimodal = bool(record_images(record))
     turns = parse_turns(record["conversations"], str(record.get("id", "?")))
+    plan = plan_media(record, turns, spec.image_folder, spec.tiling, spec.num_frames)
+    multimodal = bool(plan.counts)
     pieces: List[str] = []
     tags = 0
-    for segment in spec.template.render(turns, spec.system_prompt):
+    for segment in spec.template.render(plan.turns, spec.system_prompt):
         parts = segment.text.split(IMAGE_TAG)
         tags += len(parts) - 1
         pieces.extend(p for p in parts if p)
@@ -194,7 +219,7 @@ def _estimate(record) -> Tuple[int, bool]:
         chars = len(json.dumps(record))
     except (TypeError, ValueError):
         chars = len(repr(record))
-    return max(1, chars // CHARS_PER_TOKEN), bool(record.get("image"))
+    return max(1, chars // CHARS_PER_TOKEN), bool(record.get("image") or record.get("video"))
 
 
 def _range_lengths(records: Sequence, spec: LengthSpec, first: int, stop: int) -> np.ndarray:

@@ -175,17 +175,19 @@ class MixtureRecords(Sequence):
 
 
 def tag_record(record: Any, source: MixtureSource) -> Any:
-    """A copy of ``record`` with the source tag and absolute image paths; a record that is not a
-    dict (the dataset rejects it) or whose ``image`` is malformed is returned unchanged."""
+    """A copy of ``record`` with the source tag and absolute image (and video) paths; a record
+    that is not a dict (the dataset rejects it) or whose ``image`` is malformed is returned
+    unchanged."""
     if not isinstance(record, dict):
         return record
     out = dict(record)
     out[SOURCE_KEY] = source.name
-    image = record.get("image")
-    if isinstance(image, str):
-        out["image"] = _absolute(source.image_folder, image)
-    elif isinstance(image, list) and all(isinstance(p, str) for p in image):
-        out["image"] = [_absolute(source.image_folder, p) for p in image]
+    for key in ("image", "video"):  # a video: a file or a list of frame files
+        media = record.get(key)
+        if isinstance(media, str):
+            out[key] = _absolute(source.image_folder, media)
+        elif isinstance(media, list) and all(isinstance(p, str) for p in media):
+            out[key] = [_absolute(source.image_folder, p) for p in media]
     images = record.get("images")  # an interleaved document's (data/documents.py); None = text
     if "texts" in record and isinstance(images, list):
         out["images"] = [

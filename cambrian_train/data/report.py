@@ -27,6 +27,7 @@ from cambrian_train.data.dataset import (
     record_images,
     stage_encoder,
 )
+from cambrian_train.data.media import plan_media
 from cambrian_train.data.records import (
     RecordError,
     open_records,
@@ -113,6 +114,12 @@ def tokenize_unchecked(encoder: ImageTextEncoder, record: dict, record_id: str) 
         raise RecordError("unknown_role", str(err)) from None
     if not any(t.role == "assistant" for t in turns):
         raise RecordError("no_assistant_turn", "no 'gpt' turn")
+    try:  # tags expanded as training sees them (tiles, video frames), when the media allow
+        turns = plan_media(
+            record, turns, encoder.image_folder, encoder.tiling, encoder.num_frames
+        ).turns
+    except RecordError:
+        pass  # the dataset's verdict names the reason; render the record as written
     try:
         segments = encoder.template.render(turns, encoder.system_prompt)
     except RecordError:

@@ -9,6 +9,7 @@ tokenisation, cached: data/lengths.py); otherwise it shuffles.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Dict, Optional, Sequence
 
@@ -63,7 +64,12 @@ def record_lengths(records: Sequence, spec: LengthSpec) -> RecordLengths:
     """True token lengths of ``records``: per file from the cache (computed when missing);
     a mixture gathers its sources'."""
     if isinstance(records, MixtureRecords):
-        return records.gather_lengths([record_lengths(s.records, spec) for s in records.sources])
+        return records.gather_lengths(  # each source's images are under its own folder
+            [
+                record_lengths(s.records, dataclasses.replace(spec, image_folder=s.image_folder))
+                for s in records.sources
+            ]
+        )
     path = getattr(records, "path", None)
     if path is None:
         return compute_lengths(records, spec)

@@ -138,6 +138,12 @@ def image_tensors(
     return encoder.image_tensors([to_rgb(image) for image in images])
 
 
+def tile_counts(encoder: ImageTextEncoder, images: Sequence[Image.Image]) -> List[int]:
+    """Image slots of each PIL image (its tiles with data.tiling), as ``encoder.tile_counts``
+    gives for the same images' files."""
+    return encoder.tile_counts([to_rgb(image) for image in images])
+
+
 def prompt_with_images(context: str, num_images: int) -> str:
     """The user text with its image tags: as given when it holds them (one per image), else one
     ``<image>`` line per image before it (LLaVA's layout)."""
@@ -267,7 +273,7 @@ class CambrianTrain(lmms):
     def _prepare(self, context: str, visuals: Sequence[Image.Image], where: str) -> _Prepared:
         try:
             prompt = prompt_with_images(context, len(visuals))
-            encoded = self.encoder.encode_prompt(prompt)
+            encoded = self.encoder.encode_prompt(prompt, tile_counts(self.encoder, visuals))
         except RecordError as err:  # too_long
             raise ValueError(
                 f"cambrian_train: {where}: {err} (the model's max_length is "
@@ -276,7 +282,7 @@ class CambrianTrain(lmms):
         except ValueError as err:
             raise ValueError(f"cambrian_train: {where}: {err}") from None
         pixels, boxes = image_tensors(self.encoder, visuals)
-        return _Prepared(encoded, pixels, boxes, len(visuals))
+        return _Prepared(encoded, pixels, boxes, len(encoded.image_starts))
 
     def _batch(
         self,

@@ -36,6 +36,7 @@ from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import ImageTextEncoder, Sample
 from cambrian_train.data.records import RecordError
 from cambrian_train.data.templates import IMAGE_TAG
+from cambrian_train.data.tiling import enabled
 from cambrian_train.data.tokenize import Encoded
 from cambrian_train.eval.benchmarks import Benchmark, EvalItem
 from cambrian_train.infer.chat import turn_end
@@ -111,7 +112,7 @@ def encode_items(
                 f"{len(item.images)} images"
             )
         try:
-            encoded.append(encoder.encode_prompt(item.prompt))
+            encoded.append(encoder.encode_prompt(item.prompt, encoder.tile_counts(item.images)))
         except RecordError as err:
             raise ValueError(
                 f"{benchmark.name}: item {item.id}: {err} (the model's max_length is "
@@ -186,7 +187,7 @@ def generate_shard(
     """
     stopping = Stopping.of(encoder, decoding)
     device = next(model.parameters()).device
-    num_slots = max(1, max(len(item.images) for item in items))
+    num_slots = max(1, max(len(p.image_starts) for p in prompts))  # tiles with data.tiling
     longest = max(len(p.input_ids) for p in prompts)
     out: Dict[int, str] = {}
     for number in batch_numbers:
@@ -259,12 +260,13 @@ def evaluate(
     prompts = encode_items(encoder, benchmark, items)
     batches = plan_batches([len(p.input_ids) for p in prompts], batch_size)
     mine = shard_batches(len(batches), rank, world_size)
-    most_images = max(len(item.images) for item in items)
+    most_images = max(len(p.image_starts) for p in prompts)
     if most_images > encoder.max_images:
         log.warning(
-            "%s: an item has %d images; the model was trained with at most %d per prompt",
+            "%s: an item has %d %s; the model was trained with at most %d per prompt",
             benchmark.name,
             most_images,
+            "image slots (tiles)" if enabled(encoder.tiling) else "images",
             encoder.max_images,
         )
     log.info(

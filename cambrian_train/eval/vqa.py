@@ -92,7 +92,9 @@ def evaluate_vqa(
     """
     was_training = model.training
     model.eval()
-    prompts = [encoder.encode_prompt(question_text(q)) for q in questions]
+    prompts = [
+        encoder.encode_prompt(question_text(q), encoder.tile_counts([q.image])) for q in questions
+    ]
     seq_len = max(len(p.input_ids) for p in prompts)
     predictions = []
     for start in range(0, len(questions), batch_size):

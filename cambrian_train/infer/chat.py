@@ -76,12 +76,17 @@ class ChatSession:
         self.device = torch.device(device)
         self.exchanges: List[Tuple[str, str]] = []  # (question, answer), without image tags
         self.image: Optional[str] = None
+        self.tiles: List[int] = []  # image slots of the image (its tiles with data.tiling)
         self.eos_ids, self.template_stop = turn_end(encoder)
 
     def set_image(self, path: str) -> None:
         """Talk about ``path`` from now on (a new conversation)."""
         if not os.path.isfile(path):
             raise ValueError(f"image {path} does not exist")
+        try:
+            self.tiles = self.encoder.tile_counts([path])
+        except RecordError as err:
+            raise ValueError(f"image {path}: {err.detail}") from None
         self.image = path
         self.reset()
 
@@ -110,6 +115,7 @@ class ChatSession:
         for drop in range(len(self.exchanges) + 1):
             out = Encoded()
             text = self.prompt_text(question, self.exchanges[drop:])
+            text = enc.expand_tags(text, self.tiles if IMAGE_TAG in text else None)
             append_text(out, text, False, enc.tokenizer, enc.slot_len, enc.placeholder_id)
             if len(out.input_ids) <= enc.max_length:
                 if drop:
@@ -126,7 +132,9 @@ class ChatSession:
     def batch(self, question: str) -> Batch:
         encoded = self.encode(question)
         try:
-            pixels, boxes = self.encoder.load_images([self.image] if self.image else [])
+            pixels, boxes = self.encoder.load_images(
+                [self.image] if self.image else [], self.tiles if self.image else None
+            )
         except RecordError as err:
             raise ValueError(f"image {self.image}: {err}") from None
         sample = Sample(

@@ -25,7 +25,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cambrian_train import storage
-from cambrian_train.config.schema import ModelConfig, TrainConfig
+from cambrian_train.config.schema import ModelConfig, TilingConfig, TrainConfig
 from cambrian_train.config.store import register_configs
 from cambrian_train.config.validate import vision_slot_len
 from cambrian_train.data.dataset import ImageTextEncoder
@@ -57,6 +57,9 @@ class PromptSettings:
     system_prompt: Optional[str] = None  # None = the template's default, "" = none
     max_length: int = 2048  # longest prompt accepted (the training sequence length)
     max_images: int = 1  # image slots per prompt
+    # the training run's data.tiling: images are tiled at inference exactly as in training
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    num_frames: int = 8  # data.video.num_frames
 
 
 @dataclass
@@ -95,6 +98,8 @@ def prompt_settings(cfg: TrainConfig, stage: str) -> PromptSettings:
         system_prompt=cfg.data.system_prompt,
         max_length=st.max_length,
         max_images=cfg.data.max_images,
+        tiling=cfg.data.tiling,
+        num_frames=cfg.data.video.num_frames,
     )
 
 
@@ -204,6 +209,8 @@ def make_encoder(tokenizer, model: VisionLanguageModel, prompt: PromptSettings) 
         max_length=prompt.max_length,
         aspect_ratio=prompt.image_aspect_ratio,
         system_prompt=prompt.system_prompt,
+        tiling=prompt.tiling,
+        num_frames=prompt.num_frames,
     )
 
 

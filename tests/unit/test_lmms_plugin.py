@@ -266,6 +266,29 @@ def test_pil_images_become_the_tensors_of_their_files(model, tmp_path):
     assert boxes.shape == (0, 4) and all(p.shape[0] == 0 for p in pixels.values())
 
 
+def test_tiled_visuals_take_the_slots_of_their_files(model, monkeypatch, tmp_path):
+    """With data.tiling, a PIL visual's prompt slots and tensors equal its file's (EXIF-rotated
+    JPEG: the header size is swapped as the decoded image is)."""
+    import dataclasses
+
+    from cambrian_train.config.schema import TilingConfig
+
+    tiled = dataclasses.replace(model.encoder, tiling=TilingConfig(max_num=4, tile_size=16))
+    monkeypatch.setattr(model, "encoder", tiled)
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed 24 x 40: aspect 0.6 → a 1×2 grid, + thumbnail = 3 slots
+    Image.linear_gradient("L").resize((40, 24)).convert("RGB").save(rotated, exif=exif)
+    with Image.open(rotated) as img:
+        img.load()
+        prepared = model._prepare("<image>\nWhat is it?", [img], "fixture")
+    assert tiled.tile_counts([str(rotated)]) == [3]
+    assert len(prepared.encoded.image_starts) == 3 and prepared.num_images == 3
+    want, _ = tiled.load_images([str(rotated)], [3])
+    for name in want:
+        assert torch.equal(prepared.pixels[name], want[name])
+
+
 def test_prompt_image_tags():
     assert prompt_with_images("What?", 2) == "<image>\n<image>\nWhat?"
     assert prompt_with_images("What?", 0) == "What?"
