@@ -100,7 +100,7 @@ class Server:
         self.engine = engine
         self.socket = socket.create_server((host, port))
         self.host, self.port = self.socket.getsockname()[:2]
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
         self.uvicorn = uvicorn.Server(config)
         self.thread: Optional[threading.Thread] = None
 
