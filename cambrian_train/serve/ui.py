@@ -144,5 +144,7 @@ def build_ui(
             concurrency_limit=engine.max_batch_size,
         )
         reset.click(lambda: ([], [], None), None, [chatbot, conversation, box], api_name="reset")
-        demo.load(info.markdown, None, panel, api_name=False)  # the digest, once computed
+        # the chat's own trash button clears the display: the conversation goes with it
+        chatbot.clear(lambda: [], None, conversation, api_visibility="private")
+        demo.load(info.markdown, None, panel, api_visibility="private")  # the digest, once ready
     return demo
