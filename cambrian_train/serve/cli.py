@@ -26,7 +26,6 @@ import torch
 
 from cambrian_train.infer.chat import ChatOptions
 
-log = logging.getLogger(__name__)
 API_KEY_ENV = "CAMBRIAN_SERVE_API_KEY"
 
 
@@ -167,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; serves until interrupted. Returns the exit status (2: a user error)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
     try:
         import fastapi  # noqa: F401
@@ -190,7 +189,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError) as err:
         print(f"cambrian-serve: error: {err}", file=sys.stderr)
         return 2
-    log.info("serving %s on %s (page /, API /v1)", args.model, server.url)
+    page = "the page at /, " if not args.no_ui else ""
+    print(f"cambrian-serve: {args.model} on {server.url} ({page}the API at /v1)", file=sys.stderr)
     engine.start()
     try:
         server.uvicorn.run(sockets=[server.socket])  # until Ctrl-C / SIGTERM
