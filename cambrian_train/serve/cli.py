@@ -97,7 +97,8 @@ class Server:
         import uvicorn
 
         self.engine = engine
-        self.socket = socket.create_server((host, port))
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family)
         self.host, self.port = self.socket.getsockname()[:2]
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
         self.uvicorn = uvicorn.Server(config)

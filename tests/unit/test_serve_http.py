@@ -268,3 +268,33 @@ def test_gradio_api_streams_a_multi_turn_chat(server, served, images, tmp_path):
         assert len(chat) == 2  # a new conversation
     finally:
         client.close()
+
+
+def test_generation_failures_are_500_json_and_the_server_goes_on(http, served, monkeypatch):  # noqa: F811
+    model = served[0]
+    real, calls = model.embed, {"n": 0}
+
+    def flaky(batch):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise RuntimeError("out of device memory")
+        return real(batch)
+
+    monkeypatch.setattr(model, "embed", flaky)
+    body = {"messages": [user("what color?")], "max_tokens": 3}
+    reply = http.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert reply.status_code == 500
+    error = reply.json()["error"]
+    assert error["type"] == "server_error" and "out of device memory" in error["message"]
+    lines = sse(http, dict(body, stream=True))  # headers were sent: the error is an event
+    assert "out of device memory" in json.loads(lines[-2])["error"]["message"]
+    assert lines[-1] == "[DONE]"
+    ok = http.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    from cambrian_train.serve.cli import main
+
+    assert main(["--model", str(tmp_path / "nowhere"), "--no-ui"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
