@@ -19,6 +19,13 @@ CORE = [
     "fsspec>=2024.2",  # gs:// and other remote paths for data and checkpoints (plus gcsfs)
     "peft>=0.13,<1",  # LoRA adapters (model.llm.lora)
 ]
+SERVE = [
+    "gradio>=6.31,<7",
+    "gradio_client>=2.7,<3",
+    "fastapi>=0.115",
+    "uvicorn>=0.30",
+    "httpx>=0.27",
+]
 EXTRAS = {
     # Development and CI: the CPU wheels of torch + torch_xla give real XLA SPMD on CPU.
     "xla": ["torch==2.9.0", "torch_xla==2.9.0", "torchvision==0.24.0"],
@@ -32,7 +39,11 @@ EXTRAS = {
     "eval": ["pyarrow>=14"],
     # video records (data/video.py): PyAV, FFmpeg's decoders in a wheel
     "video": ["av>=12"],
-    "dev": ["pytest>=8", "ruff>=0.6", "pyarrow>=14", "av>=12"],
+    # cambrian-serve: the gradio page and the OpenAI routes (fastapi, uvicorn come with gradio);
+    # every gradio release caps pillow (6.31: <13), so pip resolves pillow 12.x beside it
+    "serve": SERVE,
+    # playwright drives Debian's chromium in the `browser` test and tools/serve_screenshot.py
+    "dev": ["pytest>=8", "ruff>=0.6", "pyarrow>=14", "av>=12", *SERVE, "playwright>=1.49"],
     # cambrian_train/eval/lmms_plugin.py; lmms-eval 0.7.3 imports filelock._api (gone in 4), and
     # beside hydra it needs antlr4 4.9 (hydra's) with the latex parsers built for it
     "lmms": [
@@ -60,6 +71,7 @@ setup(
             "cambrian-data=cambrian_train.data.cli:main",
             "cambrian-eval=cambrian_train.eval.cli:main",
             "cambrian-chat=cambrian_train.infer.chat:main",
+            "cambrian-serve=cambrian_train.serve.cli:main",
             "cambrian-export=cambrian_train.infer.export_cli:main",
             "cambrian-pod=cambrian_train.pod.cli:main",
             "cambrian-tabulate=cambrian_train.eval.table_output:main",

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
 
 import torch
 
@@ -64,6 +64,32 @@ def turn_end(encoder: ImageTextEncoder) -> Tuple[List[int], List[str]]:
     if len(ids) == 1 and ids[0] not in eos:
         eos.append(ids[0])
     return eos, []
+
+
+def prompt_sample(
+    encoder: ImageTextEncoder,
+    encoded: Encoded,
+    images: Sequence[Union[str, bytes]],
+    counts: Optional[Sequence[int]] = None,
+) -> Sample:
+    """A tokenised prompt and its images (paths or encoded bytes, one per ``<image>``) as a
+    sample; ``counts``: the tile counts the prompt was encoded with (data.tiling). RecordError
+    (missing_image, bad_image) for an image that cannot be read."""
+    pixels, boxes = encoder.load_images(images, counts)
+    return Sample("prompt", encoded.input_ids, encoded.labels, encoded.image_starts, pixels, boxes)
+
+
+def collate_prompts(encoder: ImageTextEncoder, samples: Sequence[Sample]) -> Batch:
+    """Prompt samples → one left-padded batch as long as the longest (generate.py's input)."""
+    return collate(
+        list(samples),
+        max(len(s.input_ids) for s in samples),
+        encoder.max_images,
+        encoder.slot_len,
+        encoder.tokenizer.pad_token_id,
+        encoder.image_specs,
+        left_pad=True,
+    )
 
 
 class ChatSession:
@@ -132,24 +158,11 @@ class ChatSession:
     def batch(self, question: str) -> Batch:
         encoded = self.encode(question)
         try:
-            pixels, boxes = self.encoder.load_images(
-                [self.image] if self.image else [], self.tiles if self.image else None
-            )
+            images = [self.image] if self.image else []
+            sample = prompt_sample(self.encoder, encoded, images, self.tiles if images else None)
         except RecordError as err:
             raise ValueError(f"image {self.image}: {err}") from None
-        sample = Sample(
-            "chat", encoded.input_ids, encoded.labels, encoded.image_starts, pixels, boxes
-        )
-        batch = collate(
-            [sample],
-            len(encoded.input_ids),
-            self.encoder.max_images,
-            self.encoder.slot_len,
-            self.encoder.tokenizer.pad_token_id,
-            self.encoder.image_specs,
-            left_pad=True,
-        )
-        return batch.to(self.device)
+        return collate_prompts(self.encoder, [sample]).to(self.device)
 
     def ask(self, question: str) -> Iterator[str]:
         """Stream the answer's text deltas; the exchange joins the history when it is done."""

@@ -9,7 +9,8 @@ Decoding is greedy (``temperature`` 0) or sampled (temperature, top-k, top-p, a 
 ``torch.Generator``). A row finishes at an end-of-sequence id or as soon as one of the ``stop``
 strings appears in its decoded continuation (its text is then cut before the stop string); rows
 finish independently and the loop ends when all have finished or after ``max_new_tokens``.
-Used by eval/vqa.py (``generate``) and the chat CLI (``stream_generate``).
+Used by eval/vqa.py (``generate``), the chat CLI (``stream_generate``) and the server
+(``stream_generate_batch``: several streamed rows, one token limit each, cancellable).
 """
 
 from __future__ import annotations
@@ -247,6 +248,121 @@ def _held_back(text: str, stop: Sequence[str]) -> int:
     return 0
 
 
+class DeltaText:
+    """One row's answer as text deltas: :meth:`push` each new token id, :meth:`finish` at the end.
+
+    Text that may still turn out to be a stop string (or half a UTF-8 character) is held back
+    until it cannot, so the deltas join to what :func:`generate` returns for the same tokens.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+        self.ids: List[int] = []
+        self.shown = 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(int(token))
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, self.stop)
+        end = len(text) if stopped else len(text) - _held_back(text, self.stop)
+        if end <= self.shown:
+            return ""
+        delta, self.shown = text[self.shown : end], end
+        return delta
+
+    def finish(self) -> str:
+        text = cut_at_stop(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stop)[0]
+        delta, self.shown = text[self.shown :], max(self.shown, len(text))
+        return delta
+
+
+@dataclass
+class RowDelta:
+    """What one step added to one row: new text, and once the row is done why it ended
+    (``"stop"``: an end-of-sequence id or a stop string, ``"length"``: its token limit) and how
+    many tokens it generated."""
+
+    text: str = ""
+    finish_reason: Optional[str] = None
+    num_tokens: int = 0
+
+
+def stream_generate_batch(
+    model,
+    batch: Batch,
+    tokenizer,
+    max_new_tokens: Union[int, Sequence[int]] = 16,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    stop: Sequence[str] = (),
+    eos_token_id: Union[int, Sequence[int], None] = None,
+    cancelled: Optional[Callable[[], Sequence[bool]]] = None,
+) -> Iterator[List[RowDelta]]:
+    """Stream a left-padded batch: one :class:`RowDelta` per row and step.
+
+    ``max_new_tokens`` may be one limit per row (the batch runs until the longest is reached or
+    every row has finished); each row's text joins to what :func:`generate` returns for it with
+    its own limit. ``cancelled`` (→ one flag per row, polled every step) finishes rows whose
+    reader went away (finish reason ``"cancelled"``). A finished row gets empty deltas.
+    """
+    num_rows = batch.batch_size
+    if isinstance(max_new_tokens, int):
+        limits = [max_new_tokens] * num_rows
+    else:
+        limits = [int(n) for n in max_new_tokens]
+    if len(limits) != num_rows or any(n < 1 for n in limits):
+        raise ValueError(f"max_new_tokens={list(limits)} must be >= 1 for each of {num_rows} rows")
+    stop, eos, generator, stop_check = _generation_args(
+        tokenizer, stop, eos_token_id, seed, generator, batch.input_ids.device
+    )
+    eos_set = set(_eos_ids(eos))
+    rows = [DeltaText(tokenizer, stop) for _ in range(num_rows)]
+    reasons: List[Optional[str]] = [None] * num_rows
+    stopped = [False] * num_rows  # this step's stop-string hits, set by ``check``
+    gone = [False] * num_rows  # this step's cancelled rows, set by ``check``
+
+    def check(tokens: torch.Tensor) -> torch.Tensor:  # [B, T] -> rows to finish [B]
+        done = stop_check(tokens) if stop_check is not None else torch.zeros_like(tokens[:, 0])
+        stopped[:] = [bool(d) for d in done]
+        gone[:] = [bool(g) for g in cancelled()] if cancelled is not None else gone
+        limit = [tokens.shape[1] >= n or g for n, g in zip(limits, gone)]
+        return done.bool() | torch.tensor(limit, dtype=torch.bool, device=tokens.device)
+
+    steps = iter_tokens(
+        model,
+        batch,
+        eos,
+        max(limits),
+        Sampler(temperature, top_k, top_p),
+        generator,
+        check,
+        on_step=None,
+    )
+    for nxt in steps:
+        out = []
+        for i, token in enumerate(nxt.tolist()):
+            if reasons[i] is not None:
+                out.append(RowDelta())
+                continue
+            delta = RowDelta(rows[i].push(token))
+            if token in eos_set or stopped[i]:
+                reasons[i] = "stop"
+            elif gone[i]:
+                reasons[i] = "cancelled"
+            elif len(rows[i].ids) >= limits[i]:
+                reasons[i] = "length"
+            if reasons[i] is not None:
+                delta = RowDelta(delta.text + rows[i].finish(), reasons[i], len(rows[i].ids))
+            out.append(delta)
+        yield out
+    assert all(r is not None for r in reasons), "iter_tokens ended with a row unfinished"
+
+
 def stream_generate(
     model,
     batch: Batch,
@@ -263,28 +379,23 @@ def stream_generate(
 ) -> Iterator[str]:
     """Yield the answer of a one-row batch as text deltas, step by step.
 
-    The deltas join to exactly what :func:`generate` returns for the same arguments: text that
-    may still turn out to be a stop string (or half a UTF-8 character) is held back until it
-    cannot.
+    The deltas join to exactly what :func:`generate` returns for the same arguments (text that
+    may still turn out to be a stop string is held back until it cannot: :class:`DeltaText`).
     """
     if batch.batch_size != 1:
         raise ValueError(f"stream_generate takes one prompt, got a batch of {batch.batch_size}")
-    stop, eos, generator, stop_check = _generation_args(
-        tokenizer, stop, eos_token_id, seed, generator, batch.input_ids.device
-    )
-    sampler = Sampler(temperature, top_k, top_p)
-    ids: List[int] = []
-    shown = 0
-    for nxt in iter_tokens(
-        model, batch, eos, max_new_tokens, sampler, generator, stop_check, on_step=None
+    for (row,) in stream_generate_batch(
+        model,
+        batch,
+        tokenizer,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        generator=generator,
+        stop=stop,
+        eos_token_id=eos_token_id,
     ):
-        ids.append(int(nxt[0]))
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        text, stopped = cut_at_stop(text, stop)
-        end = len(text) if stopped else len(text) - _held_back(text, stop)
-        if end > shown:
-            yield text[shown:end]
-            shown = end
-    text = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)[0]
-    if len(text) > shown:
-        yield text[shown:]
+        if row.text:
+            yield row.text
