@@ -14,6 +14,7 @@ import os
 from typing import Optional
 
 from cambrian_train.config.adapters import check_adapters
+from cambrian_train.config.connector_checks import check_connector, is_square
 from cambrian_train.config.schema import TrainConfig
 from cambrian_train.config.text_checks import check_text
 from cambrian_train.registry import BACKENDS, CONNECTORS, LLMS, VISION_TOWERS
@@ -26,10 +27,6 @@ DTYPES = ("float32", "bfloat16")
 
 class ConfigError(ValueError):
     """A user configuration error; the message names the offending field and value."""
-
-
-def is_square(n: int) -> bool:
-    return n > 0 and math.isqrt(n) ** 2 == n
 
 
 def data_parallel_size(cfg: TrainConfig) -> Optional[int]:
@@ -80,10 +77,7 @@ def _check_model(cfg: TrainConfig, errors: list[str]) -> None:
                 f"{m.image_token_len}; the mlp2x_gelu connector concatenates towers token by "
                 "token, so every tower needs image_token_len tokens"
             )
-    if conn.name == "sva":
-        _check_sva(cfg, errors)
-    if conn.name == "perceiver":
-        _check_perceiver(cfg, errors)
+    check_connector(cfg, errors)
     if m.llm.dtype not in DTYPES:
         errors.append(f"model.llm.dtype={m.llm.dtype!r} is not one of {list(DTYPES)}")
     from transformers import AttentionInterface  # heavy: only when validating
@@ -92,104 +86,6 @@ def _check_model(cfg: TrainConfig, errors: list[str]) -> None:
     impl = m.llm.attn_implementation
     if impl not in attention and "/" not in impl:  # "/": a kernel from the HF hub
         errors.append(f"model.llm.attn_implementation={impl!r} is not one of {attention}")
-
-
-def _check_sva(cfg: TrainConfig, errors: list[str]) -> None:
-    m = cfg.model
-    conn = m.connector
-    if conn.num_query_group != len(conn.query_num_list):
-        errors.append(
-            f"model.connector.num_query_group={conn.num_query_group} differs from "
-            f"len(model.connector.query_num_list)={len(conn.query_num_list)}"
-        )
-    for q in conn.query_num_list:
-        if not is_square(q):
-            errors.append(f"model.connector.query_num_list entry {q} is not a perfect square")
-            continue
-        for name, tower in m.towers.items():
-            if not is_square(tower.num_tokens):
-                continue
-            side, tower_side = math.isqrt(q), math.isqrt(tower.num_tokens)
-            if tower_side % side:
-                errors.append(
-                    f"model.connector.query_num_list entry {q} (grid side {side}) does not "
-                    f"divide model.towers.{name}.num_tokens={tower.num_tokens} "
-                    f"(grid side {tower_side})"
-                )
-    if conn.vision_hidden_size % conn.num_heads:
-        errors.append(
-            f"model.connector.vision_hidden_size={conn.vision_hidden_size} is not divisible by "
-            f"model.connector.num_heads={conn.num_heads}"
-        )
-    if conn.connector_depth < 1:
-        errors.append(f"model.connector.connector_depth={conn.connector_depth} must be >= 1")
-    choices = {
-        "llm_context": ("connector", "llm_mean"),
-        "empty_window": ("attend_all", "zero"),
-        "padding_rule": ("original", "centre"),
-    }
-    for key, allowed in choices.items():
-        if getattr(conn, key) not in allowed:
-            errors.append(
-                f"model.connector.{key}={getattr(conn, key)!r} is not one of {list(allowed)}"
-            )
-    ins = conn.insert
-    if ins.count < 0 or ins.start < 0 or ins.stride < 1:
-        errors.append(
-            f"model.connector.insert={{start: {ins.start}, stride: {ins.stride}, count: "
-            f"{ins.count}}} needs start >= 0, stride >= 1, count >= 0"
-        )
-    elif ins.count > 0:
-        if is_square(m.image_token_len):
-            side = math.isqrt(m.image_token_len)
-            for name, tower in m.towers.items():
-                if is_square(tower.num_tokens) and math.isqrt(tower.num_tokens) % side:
-                    errors.append(
-                        f"model.image_token_len={m.image_token_len} (grid side {side}) does not "
-                        f"divide model.towers.{name}.num_tokens={tower.num_tokens}: the SVA "
-                        "layers inside the LLM use the image_token_len grid as queries"
-                    )
-        last = ins.start + ins.stride * (ins.count - 1)
-        if last >= m.llm.num_layers:
-            errors.append(
-                f"model.connector.insert places its last SVA layer after decoder layer {last} "
-                f"(start={ins.start} + stride={ins.stride} * (count={ins.count} - 1)) but "
-                f"model.llm.num_layers={m.llm.num_layers}"
-            )
-
-
-def _check_perceiver(cfg: TrainConfig, errors: list[str]) -> None:
-    m = cfg.model
-    conn = m.connector
-    if not is_square(m.image_token_len):
-        errors.append(
-            f"model.image_token_len={m.image_token_len}: the perceiver connector outputs that many "
-            "latents as a side x side grid of vision tokens, so it must be a perfect square"
-        )
-    if conn.vision_hidden_size < 1 or conn.num_heads < 1:
-        errors.append(
-            f"model.connector.vision_hidden_size={conn.vision_hidden_size} and "
-            f"model.connector.num_heads={conn.num_heads} must be >= 1"
-        )
-    elif conn.vision_hidden_size % conn.num_heads:
-        errors.append(
-            f"model.connector.vision_hidden_size={conn.vision_hidden_size} is not divisible by "
-            f"model.connector.num_heads={conn.num_heads}"
-        )
-    if conn.connector_depth < 1:
-        errors.append(f"model.connector.connector_depth={conn.connector_depth} must be >= 1")
-    if conn.perceiver_ff_mult < 1:
-        errors.append(f"model.connector.perceiver_ff_mult={conn.perceiver_ff_mult} must be >= 1")
-    if conn.perceiver_mask_padding and conn.padding_rule not in ("original", "centre"):
-        errors.append(
-            f"model.connector.padding_rule={conn.padding_rule!r} is not one of "
-            "['original', 'centre']"
-        )
-    if conn.insert.count:
-        errors.append(
-            f"model.connector.insert.count={conn.insert.count} places SVA layers inside the LLM, "
-            "which the perceiver connector does not have: set model.connector.insert.count=0"
-        )
 
 
 def trained_stages(cfg: TrainConfig):
