@@ -92,6 +92,27 @@ def test_prompts_match_the_training_encoder(served, images):  # noqa: F811
     assert text.endswith("assistant<|end_header_id|>\n\n")
 
 
+def test_tiled_prompts_match_the_training_encoder(served, images):  # noqa: F811
+    """With data.tiling on, an uploaded image takes its tiles' slots, as in training."""
+    import dataclasses
+
+    from cambrian_train.config.schema import TilingConfig
+
+    _, _, encoder = served
+    tiled = dataclasses.replace(encoder, tiling=TilingConfig(max_num=2, tile_size=32), max_images=3)
+    wide = str(images / "wide.png")  # 64 x 40: a 2 x 1 grid plus the thumbnail
+    counts = tiled.tile_counts([wide])
+    assert counts == [3]
+    prompt = build_prompt(tiled, [Message("user", "what is it?", [wide])])
+    reference = tiled.encode_prompt("<image>\nwhat is it?", counts)
+    assert prompt.sample.input_ids == reference.input_ids
+    assert len(prompt.sample.image_starts) == 3
+    pixels, _ = tiled.load_images([wide], counts)
+    assert torch.equal(prompt.sample.pixel_values["clip"], pixels["clip"])
+    with pytest.raises(RequestError, match="image slots as tiles"):
+        build_prompt(dataclasses.replace(tiled, max_images=2), [Message("user", "x", [wide])])
+
+
 @pytest.mark.parametrize(
     "messages, match",
     [
