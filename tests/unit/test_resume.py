@@ -17,6 +17,7 @@ from cambrian_train.train.resume import (
     committed_steps,
     latest_checkpoint,
     read_checkpoint_meta,
+    set_rng_state,
 )
 
 
@@ -76,14 +77,22 @@ def test_save_restore_roundtrip_trained_params_and_optimizer(tmp_path, backend):
     assert torch.equal(fresh.connector.weight, model.connector.weight)
 
 
-def test_restore_sets_rng_state(tmp_path, backend):
+def test_restore_returns_the_saved_rng_state(tmp_path, backend):
+    """restore() reads the random state without applying it (the trainer sets it right
+    before the first resumed step, after opening the data stream)."""
     model, opt = _trained(0, 1)
     ckpt = Checkpointer(str(tmp_path), "s", backend, keep_last=1)
     torch.manual_seed(123)
     path = ckpt.save(1, model, opt, {}, {})
     expected = torch.rand(3)
     torch.manual_seed(999)
-    ckpt.restore(path, model, opt)
+    untouched = torch.rand(3)
+    torch.manual_seed(999)
+    restored = ckpt.restore(path, model, opt)
+    state = torch.get_rng_state()
+    assert torch.equal(torch.rand(3), untouched)
+    torch.set_rng_state(state)
+    set_rng_state(backend, restored.rank.rng)
     assert torch.equal(torch.rand(3), expected)
 
 
