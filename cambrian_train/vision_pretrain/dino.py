@@ -1,0 +1,144 @@
+"""Self-distillation objectives of DINO / iBOT (the DINOv2 recipe's two losses), and their parts.
+
+- ``DINOHead``: MLP → L2-normalised bottleneck → prototypes whose weight rows are normalised
+  (DINO's weight-normalised last layer with the norm fixed at 1).
+- ``dino_loss`` (Caron et al. 2021): the teacher's softmax over prototypes, centred and sharpened
+  (``softmax((t - center) / teacher_temp)``) on the global views, is the target of the student's
+  ``log_softmax(s / student_temp)`` on every other view; mean over batch and view pairs.
+- ``masked_patch_loss`` (iBOT, Zhou et al. 2022): the same cross-entropy per patch, the student
+  seeing the view with some patches replaced by the mask token, averaged over masked patches.
+- ``update_center`` and ``ema_update``: the teacher's running centre and its EMA of the student.
+- ``multi_crop``: random resized crops (and horizontal flips) of a batch, in one ``grid_sample``.
+
+Used by selfsup.py; checked against written-out loops in tests/unit/test_vision_pretrain.py.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DINOHead(nn.Module):
+    """[..., in_size] → prototype logits [..., num_prototypes]."""
+
+    def __init__(
+        self, in_size: int, hidden_size: int, bottleneck_size: int, num_prototypes: int
+    ) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_size, hidden_size),
+            nn.GELU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.GELU(),
+            nn.Linear(hidden_size, bottleneck_size),
+        )
+        self.prototypes = nn.Parameter(torch.empty(num_prototypes, bottleneck_size))
+        nn.init.trunc_normal_(self.prototypes, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1)  # [..., bottleneck]
+        return F.linear(x, F.normalize(self.prototypes, dim=-1))  # cosines, [..., K]
+
+
+def _cross_entropy(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+) -> torch.Tensor:
+    """Per-row -sum_k q_k log p_k of the sharpened, centred teacher q and the student p [..., K]."""
+    target = F.softmax((teacher - center) / teacher_temp, dim=-1)
+    return -(target * F.log_softmax(student / student_temp, dim=-1)).sum(-1)
+
+
+def dino_loss(
+    student: Sequence[torch.Tensor],
+    teacher: Sequence[torch.Tensor],
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+) -> torch.Tensor:
+    """``student``: V views [B, K], the G global views first; ``teacher``: the G global views
+    [B, K]; ``center`` [K]. Mean over the G·(V-1) pairs of different views of the batch-mean
+    cross-entropy."""
+    assert len(teacher) <= len(student), (len(teacher), len(student))
+    total, pairs = student[0].new_zeros(()), 0
+    for t_index, t in enumerate(teacher):
+        for s_index, s in enumerate(student):
+            if s_index != t_index:
+                total = total + _cross_entropy(s, t, center, student_temp, teacher_temp).mean()
+                pairs += 1
+    return total / pairs
+
+
+def masked_patch_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    mask: torch.Tensor,
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+) -> torch.Tensor:
+    """``student`` [B, P, K] (from the masked view), ``teacher`` [B, P, K] (unmasked), ``mask``
+    [B, P] bool, ``center`` [K]: per image the mean cross-entropy over its masked patches, then
+    the mean over the images with at least one masked patch (0 when none has any)."""
+    per_patch = _cross_entropy(student, teacher, center, student_temp, teacher_temp)  # [B, P]
+    weight = mask.to(per_patch.dtype)
+    num_masked = weight.sum(-1)  # [B]
+    per_image = (per_patch * weight).sum(-1) / num_masked.clamp(min=1)
+    return per_image.sum() / (num_masked > 0).sum().clamp(min=1)
+
+
+@torch.no_grad()
+def update_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float) -> None:
+    """center ← momentum · center + (1 - momentum) · mean of ``teacher`` [..., K] over rows."""
+    center.mul_(momentum).add_(teacher.reshape(-1, teacher.shape[-1]).mean(0), alpha=1 - momentum)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher ← momentum · teacher + (1 - momentum) · student, parameter by parameter."""
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+        t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
+
+
+def cosine_schedule(start: float, end: float, step: int, num_steps: int) -> float:
+    """``start`` at step 0 to ``end`` at the last step, on a half cosine."""
+    progress = step / max(1, num_steps - 1)
+    return end + (start - end) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def multi_crop(
+    images: torch.Tensor,
+    out_size: int,
+    scale: Tuple[float, float],
+    generator: torch.Generator,
+    flip: bool = True,
+) -> torch.Tensor:
+    """Random resized crops of ``images`` [B, C, S, S] → [B, C, out_size, out_size].
+
+    Each crop covers a fraction in ``scale`` of the image area, aspect ratio in [3/4, 4/3]
+    (log-uniform), lies inside the image, and is flipped left-right with probability 1/2 when
+    ``flip``; sampled bilinearly (``affine_grid`` + ``grid_sample``, one call for the batch).
+    """
+    b = images.shape[0]
+    uniform = torch.rand(b, 5, generator=generator)
+    area = scale[0] + (scale[1] - scale[0]) * uniform[:, 0]
+    ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * uniform[:, 1])
+    width = torch.sqrt(area * ratio).clamp(max=1.0)  # fractions of the image side
+    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = (1 - width) * (2 * uniform[:, 2] - 1)  # centre in [-1, 1] coordinates, crop inside
+    cy = (1 - height) * (2 * uniform[:, 3] - 1)
+    sign = torch.where(uniform[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones(b)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = width * sign, cx
+    theta[:, 1, 1], theta[:, 1, 2] = height, cy
+    size = (b, images.shape[1], out_size, out_size)
+    grid = F.affine_grid(theta.to(images.dtype), size, align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
