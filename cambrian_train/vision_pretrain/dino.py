@@ -1,13 +1,16 @@
 """Self-distillation objectives of DINO / iBOT (the DINOv2 recipe's two losses), and their parts.
 
-- ``DINOHead``: MLP → L2-normalised bottleneck → prototypes whose weight rows are normalised
-  (DINO's weight-normalised last layer with the norm fixed at 1).
-- ``dino_loss`` (Caron et al. 2021): the teacher's softmax over prototypes, centred and sharpened
-  (``softmax((t - center) / teacher_temp)``) on the global views, is the target of the student's
+- ``DINOHead``: MLP (batch-normalised) → L2-normalised bottleneck → prototypes whose weight
+  rows are normalised (DINO's weight-normalised last layer with the norm fixed at 1).
+- teacher targets over prototypes, sharpened by a low temperature and centred either by DINO's
+  running centre (``centered_targets``: ``softmax((t - center) / teacher_temp)``, the centre
+  moved by ``update_center``) or by DINOv2's Sinkhorn-Knopp normalisation over the batch
+  (``sinkhorn_targets``), which cannot collapse to a uniform target.
+- ``dino_loss`` (Caron et al. 2021): the targets of the global views are those of the student's
   ``log_softmax(s / student_temp)`` on every other view; mean over batch and view pairs.
 - ``masked_patch_loss`` (iBOT, Zhou et al. 2022): the same cross-entropy per patch, the student
   seeing the view with some patches replaced by the mask token, averaged over masked patches.
-- ``update_center`` and ``ema_update``: the teacher's running centre and its EMA of the student.
+- ``ema_update``: the teacher's EMA of the student.
 - ``multi_crop``: random resized crops (and horizontal flips) of a batch, in one ``grid_sample``.
 
 Used by selfsup.py; checked against written-out loops in tests/unit/test_vision_pretrain.py.
@@ -23,8 +26,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class _BatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over all leading dimensions of [..., C] (the rows of CLS or patch logits)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
 class DINOHead(nn.Module):
-    """[..., in_size] → prototype logits [..., num_prototypes]."""
+    """[..., in_size] → prototype logits [..., num_prototypes] (cosines, in [-1, 1]).
+
+    The hidden layers are batch-normalised (DINO's ``use_bn`` head): a random tiny ViT gives
+    nearly the same CLS token for every scene (bottleneck cosine 0.995 between images), so
+    without it the teacher's targets start uniform and the student learns to match them.
+    """
 
     def __init__(
         self, in_size: int, hidden_size: int, bottleneck_size: int, num_prototypes: int
@@ -32,8 +47,10 @@ class DINOHead(nn.Module):
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(in_size, hidden_size),
+            _BatchNorm(hidden_size),
             nn.GELU(),
             nn.Linear(hidden_size, hidden_size),
+            _BatchNorm(hidden_size),
             nn.GELU(),
             nn.Linear(hidden_size, bottleneck_size),
         )
@@ -42,53 +59,56 @@ class DINOHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1)  # [..., bottleneck]
-        return F.linear(x, F.normalize(self.prototypes, dim=-1))  # cosines, [..., K]
+        return F.linear(x, F.normalize(self.prototypes, dim=-1))  # [..., K]
 
 
-def _cross_entropy(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    center: torch.Tensor,
-    student_temp: float,
-    teacher_temp: float,
-) -> torch.Tensor:
-    """Per-row -sum_k q_k log p_k of the sharpened, centred teacher q and the student p [..., K]."""
-    target = F.softmax((teacher - center) / teacher_temp, dim=-1)
-    return -(target * F.log_softmax(student / student_temp, dim=-1)).sum(-1)
+def centered_targets(teacher: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
+    """DINO's teacher targets: ``softmax((teacher - center) / temp)`` over the last axis."""
+    return F.softmax((teacher - center) / temp, dim=-1)
+
+
+def sinkhorn_targets(teacher: torch.Tensor, temp: float, iterations: int = 3) -> torch.Tensor:
+    """DINOv2's Sinkhorn-Knopp centring of teacher logits [N, K] (the rows of one batch):
+    ``exp(teacher / temp)`` alternately normalised so that every prototype gets 1/K of the
+    batch's mass and every row 1/N, ``iterations`` times; rows are returned summing to 1."""
+    n, k = teacher.shape
+    q = torch.exp((teacher - teacher.max()) / temp).T  # [K, N]
+    q = q / q.sum()
+    for _ in range(iterations):
+        q = q / q.sum(dim=1, keepdim=True) / k
+        q = q / q.sum(dim=0, keepdim=True) / n
+    return (q * n).T  # [N, K]
+
+
+def _cross_entropy(student: torch.Tensor, target: torch.Tensor, temp: float) -> torch.Tensor:
+    """Per-row ``-sum_k target_k log softmax(student / temp)_k`` of [..., K] tensors."""
+    return -(target * F.log_softmax(student / temp, dim=-1)).sum(-1)
 
 
 def dino_loss(
-    student: Sequence[torch.Tensor],
-    teacher: Sequence[torch.Tensor],
-    center: torch.Tensor,
-    student_temp: float,
-    teacher_temp: float,
+    student: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], student_temp: float
 ) -> torch.Tensor:
-    """``student``: V views [B, K], the G global views first; ``teacher``: the G global views
-    [B, K]; ``center`` [K]. Mean over the G·(V-1) pairs of different views of the batch-mean
-    cross-entropy."""
-    assert len(teacher) <= len(student), (len(teacher), len(student))
+    """``student``: V views' logits [B, K], the G global views first; ``targets``: the teacher's
+    probabilities [B, K] for the G global views. Mean over the G·(V-1) pairs of different views
+    of the batch-mean cross-entropy."""
+    assert len(targets) <= len(student), (len(targets), len(student))
     total, pairs = student[0].new_zeros(()), 0
-    for t_index, t in enumerate(teacher):
+    for t_index, target in enumerate(targets):
         for s_index, s in enumerate(student):
             if s_index != t_index:
-                total = total + _cross_entropy(s, t, center, student_temp, teacher_temp).mean()
+                total = total + _cross_entropy(s, target, student_temp).mean()
                 pairs += 1
     return total / pairs
 
 
 def masked_patch_loss(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    mask: torch.Tensor,
-    center: torch.Tensor,
-    student_temp: float,
-    teacher_temp: float,
+    student: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, student_temp: float
 ) -> torch.Tensor:
-    """``student`` [B, P, K] (from the masked view), ``teacher`` [B, P, K] (unmasked), ``mask``
-    [B, P] bool, ``center`` [K]: per image the mean cross-entropy over its masked patches, then
-    the mean over the images with at least one masked patch (0 when none has any)."""
-    per_patch = _cross_entropy(student, teacher, center, student_temp, teacher_temp)  # [B, P]
+    """``student`` logits [B, P, K] (from the masked view), ``targets`` the teacher's
+    probabilities [B, P, K] (unmasked view), ``mask`` [B, P] bool: per image the mean
+    cross-entropy over its masked patches, then the mean over the images with at least one
+    masked patch (0 when none has any)."""
+    per_patch = _cross_entropy(student, targets, student_temp)  # [B, P]
     weight = mask.to(per_patch.dtype)
     num_masked = weight.sum(-1)  # [B]
     per_image = (per_patch * weight).sum(-1) / num_masked.clamp(min=1)
