@@ -276,13 +276,13 @@ def _builder(name: str) -> Callable[[Path], None]:
     family = _pretrained_family(name)
     if family is None:
         return BUILDERS[name]
-    steps = pretrain_steps_override()
+    from cambrian_train.vision_pretrain.train import pretrain_tower, recipe_for
+
+    recipe = recipe_for(family, pretrain_steps_override())
 
     def build(out: Path) -> None:
-        from cambrian_train.vision_pretrain.train import pretrain_tower
-
         log.info("pre-training tiny tower %s (once; cached under %s)", name, tiny_root())
-        pretrain_tower(family, out, steps=steps)
+        pretrain_tower(family, out, recipe)
 
     return build
 

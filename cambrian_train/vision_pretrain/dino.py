@@ -143,16 +143,18 @@ def multi_crop(
 ) -> torch.Tensor:
     """Random resized crops of ``images`` [B, C, S, S] → [B, C, out_size, out_size].
 
-    Each crop covers a fraction in ``scale`` of the image area, aspect ratio in [3/4, 4/3]
-    (log-uniform), lies inside the image, and is flipped left-right with probability 1/2 when
+    Each crop covers a fraction in ``scale`` of the image area, aspect ratio log-uniform in
+    [3/4, 4/3] narrowed to the ratios that fit that area, lies inside the image, and is flipped left-right with probability 1/2 when
     ``flip``; sampled bilinearly (``affine_grid`` + ``grid_sample``, one call for the batch).
     """
     b = images.shape[0]
     uniform = torch.rand(b, 5, generator=generator)
     area = scale[0] + (scale[1] - scale[0]) * uniform[:, 0]
-    ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * uniform[:, 1])
-    width = torch.sqrt(area * ratio).clamp(max=1.0)  # fractions of the image side
-    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    # aspect ratios that keep both sides inside the image: area <= ratio <= 1 / area
+    low, high = area.clamp(min=3 / 4).log(), (1 / area).clamp(max=4 / 3).log()
+    ratio = torch.exp(low + (high - low) * uniform[:, 1])
+    width = torch.sqrt(area * ratio).clamp(max=1.0)  # fractions of the image side (the clamp
+    height = torch.sqrt(area / ratio).clamp(max=1.0)  # only absorbs rounding)
     cx = (1 - width) * (2 * uniform[:, 2] - 1)  # centre in [-1, 1] coordinates, crop inside
     cy = (1 - height) * (2 * uniform[:, 3] - 1)
     sign = torch.where(uniform[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones(b)
