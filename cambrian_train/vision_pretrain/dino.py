@@ -144,8 +144,9 @@ def multi_crop(
     """Random resized crops of ``images`` [B, C, S, S] → [B, C, out_size, out_size].
 
     Each crop covers a fraction in ``scale`` of the image area, aspect ratio log-uniform in
-    [3/4, 4/3] narrowed to the ratios that fit that area, lies inside the image, and is flipped left-right with probability 1/2 when
-    ``flip``; sampled bilinearly (``affine_grid`` + ``grid_sample``, one call for the batch).
+    [3/4, 4/3] narrowed to the ratios that fit that area, lies inside the image, and is flipped
+    left-right with probability 1/2 when ``flip``; sampled bilinearly (``affine_grid`` +
+    ``grid_sample``, one call for the batch).
     """
     b = images.shape[0]
     uniform = torch.rand(b, 5, generator=generator)
