@@ -31,8 +31,8 @@ TEXT_SPEC = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num
 EMBED_SIZE = 64  # the joint image-text space of the CLIP recipes
 
 
-def _spec(processor_or_cfg, image_size: int) -> ImageSpec:
-    mean, std = processor_or_cfg
+def _spec(mean_std, image_size: int) -> ImageSpec:
+    mean, std = mean_std
     return ImageSpec(image_size, tuple(map(float, mean)), tuple(map(float, std)))
 
 
