@@ -75,6 +75,7 @@ setup(
             "cambrian-export=cambrian_train.infer.export_cli:main",
             "cambrian-pod=cambrian_train.pod.cli:main",
             "cambrian-tabulate=cambrian_train.eval.table_output:main",
+            "cambrian-pretrain-towers=cambrian_train.vision_pretrain.cli:main",
         ],
         # lmms-eval (pip install -e ".[lmms]") finds our model class through this group
         "lmms_eval.models": ["cambrian_train = cambrian_train.eval.lmms_plugin:manifests"],

@@ -11,6 +11,12 @@ Assets: ``tokenizer`` (byte-level BPE with a Llama-3-style chat template), ``lla
 ``clip`` (HF CLIP vision tower + image processor), ``siglip`` (HF SigLIP vision tower + processor),
 ``dinov2`` (HF DINOv2 + processor), ``convnext`` (OpenCLIP model with a timm ConvNeXt image
 tower) and ``timm_vit`` (timm ViT with a CLS and two register tokens).
+
+Pre-trained assets ``clip_pt``, ``siglip_pt``, ``dinov2_pt`` and ``convnext_pt``: the same
+towers after pre-training on synthetic scenes with their families' objectives
+(cambrian_train/vision_pretrain/; about a minute each on one core), saved in the same layouts.
+Their directory names carry a digest of the recipe, so a changed recipe (or a reduced budget,
+``$CAMBRIAN_TINY_PRETRAIN_STEPS`` steps per tower, as the tests use) never reuses another's.
 """
 
 from __future__ import annotations
@@ -233,23 +239,72 @@ BUILDERS: Dict[str, Callable[[Path], None]] = {
 }
 
 
+PRETRAINED_FAMILIES = ("clip", "siglip", "dinov2", "convnext")
+PRETRAIN_STEPS_ENV = "CAMBRIAN_TINY_PRETRAIN_STEPS"
+
+
+def pretrain_steps_override() -> int | None:
+    """Steps per tower from ``$CAMBRIAN_TINY_PRETRAIN_STEPS`` (None: each recipe's own)."""
+    value = os.environ.get(PRETRAIN_STEPS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{PRETRAIN_STEPS_ENV}={value!r} must be a positive integer")
+    return int(value)
+
+
+def _pretrained_family(name: str) -> str | None:
+    family = name.removesuffix("_pt")
+    return family if name.endswith("_pt") and family in PRETRAINED_FAMILIES else None
+
+
+def asset_names() -> list[str]:
+    return sorted(BUILDERS) + [f"{family}_pt" for family in PRETRAINED_FAMILIES]
+
+
+def _asset_dir_name(name: str) -> str:
+    """``name`` for a random-init asset; ``<name>-<recipe digest>`` for a pre-trained one."""
+    family = _pretrained_family(name)
+    if family is None:
+        return name
+    from cambrian_train.vision_pretrain.train import recipe_digest, recipe_for
+
+    return f"{name}-{recipe_digest(recipe_for(family, pretrain_steps_override()))}"
+
+
+def _builder(name: str) -> Callable[[Path], None]:
+    family = _pretrained_family(name)
+    if family is None:
+        return BUILDERS[name]
+    from cambrian_train.vision_pretrain.train import pretrain_tower, recipe_for
+
+    recipe = recipe_for(family, pretrain_steps_override())
+
+    def build(out: Path) -> None:
+        log.info("pre-training tiny tower %s (once; cached under %s)", name, tiny_root())
+        pretrain_tower(family, out, recipe)
+
+    return build
+
+
 def ensure_asset(name: str) -> str:
     """Return the directory of tiny asset ``name``, building it first if missing.
 
     Builds into a temporary directory renamed into place, under a file lock, so concurrent
     processes (torchrun ranks, pytest workers) never see a half-written checkpoint.
     """
-    if name not in BUILDERS:
-        raise ValueError(f"tiny asset {name!r} is not one of {sorted(BUILDERS)}")
+    if name not in BUILDERS and _pretrained_family(name) is None:
+        raise ValueError(f"tiny asset {name!r} is not one of {asset_names()}")
     root = tiny_root()
-    target = root / name
+    dir_name = _asset_dir_name(name)
+    target = root / dir_name
     if target.is_dir():
         return str(target)
-    with file_lock(root / f".{name}.lock"):
+    with file_lock(root / f".{dir_name}.lock"):
         if not target.is_dir():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dir_name}-", dir=root))
             try:
-                BUILDERS[name](tmp)
+                _builder(name)(tmp)
                 os.rename(tmp, target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
+# experiment=demo's tower is the pre-trained tiny asset clip_pt (about 90 s to build once); tests
+# that compose the demo without pinning a tower build a 2-step version of it (its own cache
+# directory, a few seconds) instead. tests/unit/test_vision_pretrain.py sets its own budgets.
+os.environ.setdefault("CAMBRIAN_TINY_PRETRAIN_STEPS", "2")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,9 +53,11 @@ def synthetic_root(tmp_path_factory):
 
 @pytest.fixture
 def tiny_overrides(synthetic_root, tmp_path):
-    """Overrides for a fast tiny run on the shared synthetic set (no wandb, no bar)."""
+    """Overrides for a fast tiny run on the shared synthetic set (no wandb, no bar), with the
+    random-init CLIP tower (the tests' reference figures predate the pre-trained one)."""
     return [
         "experiment=demo",
+        "model/vision_tower@model.towers.clip=tiny_clip",
         f"output_dir={tmp_path / 'run'}",
         "data.synthetic=null",
         f"data.root={synthetic_root}",
