@@ -39,6 +39,7 @@ from cambrian_train.data.sources import (
     record_lengths,
     stage_data_path,
 )
+from cambrian_train.eval.priors import TextPrior
 from cambrian_train.eval.vqa import baselines, evaluate_vqa, load_questions, question_text
 from cambrian_train.models import build_model
 from cambrian_train.models.llm import load_tokenizer
@@ -295,6 +296,16 @@ def check_eval_prompts(cfg: TrainConfig, tokenizer) -> None:
             )
 
 
+def train_baselines(cfg: TrainConfig) -> Dict[str, float]:
+    """Model-free test accuracies learned from ``data.train_path`` (eval/vqa.py ``baselines``);
+    empty when the run reads a mixture (no single training file)."""
+    if cfg.data.train_path is None:
+        log.info("no text-only baseline: data.train_path is null (a mixture of data.sources)")
+        return {}
+    questions = load_questions(cfg.data.test_path)[: cfg.eval.max_samples]
+    return baselines(questions, TextPrior.from_path(cfg.data.train_path))
+
+
 def format_table(results: Dict) -> str:
     rows = [("model", "test accuracy")]
     for name, value in results.get("baselines", {}).items():
@@ -396,7 +407,7 @@ def run(cfg: TrainConfig) -> Dict:
     )
     results: Dict = {"name": cfg.name, "output_dir": out, "stages": {}}
     if cfg.data.test_path and any(cfg.stages[s].eval_after for s in cfg.run_stages):
-        results["baselines"] = baselines(load_questions(cfg.data.test_path)[: cfg.eval.max_samples])
+        results["baselines"] = train_baselines(cfg)
     plan = plan_resume(cfg, out)
     previous: Optional[str] = None
     try:
