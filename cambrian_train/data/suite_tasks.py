@@ -348,7 +348,8 @@ def relative_size(rng: random.Random, size: int, mcq: bool) -> Question:
 
 
 def depth(rng: random.Random, size: int, mcq: bool) -> Question:
-    """Two overlapping squares, neither inside the other; the front one is drawn last."""
+    """Two squares overlapping at a corner (neither covers a whole side of the other, so the back
+    one is visibly cut); the front one is drawn last."""
     colors = rng.sample(COLORS, 2)
     front = rng.choice(colors)
     back = next(c for c in colors if c != front)
@@ -366,8 +367,9 @@ def depth(rng: random.Random, size: int, mcq: bool) -> Question:
             p[0] <= q[0] and p[1] <= q[1] and p[2] >= q[2] and p[3] >= q[3]
             for p, q in ((a, b), (b, a))
         )
-        if ix >= 4 and iy >= 4 and not contains:
-            break
+        smaller = min(a[2] - a[0], b[2] - b[0])
+        if 4 <= ix < smaller and 4 <= iy < smaller and not contains:
+            break  # a corner is covered: the back square shows an L, the front stays whole
     else:
         raise RuntimeError(f"could not place two overlapping squares in {size}px")
     image, draw = r.canvas(rng, size)
