@@ -51,7 +51,9 @@ def validate_suite(cfg: SyntheticConfig) -> None:
         raise ValueError(f"synthetic.image_size must be >= 48 for the suite, got {cfg.image_size}")
     unknown = [t for t in cfg.tasks if t not in TASKS]
     if unknown:
-        raise ValueError(f"synthetic.tasks: unknown tasks {unknown} (supported: {', '.join(TASKS)})")
+        raise ValueError(
+            f"synthetic.tasks: unknown tasks {unknown} (supported: {', '.join(TASKS)})"
+        )
     if not 0.0 <= cfg.mcq_fraction <= 1.0:
         raise ValueError(f"synthetic.mcq_fraction must be in [0, 1], got {cfg.mcq_fraction}")
 
@@ -153,6 +155,10 @@ def build_suite(out: Path, cfg: SyntheticConfig) -> dict[str, int]:
         ),
     }
     (out / "suite.yaml").write_text(suite_yaml(cfg))
-    manifest = {"format_version": SUITE_FORMAT_VERSION, "config": config_dict(cfg), "counts": counts}
+    manifest = {
+        "format_version": SUITE_FORMAT_VERSION,
+        "config": config_dict(cfg),
+        "counts": counts,
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return counts

@@ -266,7 +266,12 @@ def chart_value(rng: random.Random, size: int, mcq: bool) -> Question:
     r.draw_line_chart(draw, r.chart_layout(size), values)
     caption = "a line chart of " + ", ".join(map(str, values)) + "."
     return Question(
-        image, "What is the highest value of the line?", answer, options, caption, "chart_value/line"
+        image,
+        "What is the highest value of the line?",
+        answer,
+        options,
+        caption,
+        "chart_value/line",
     )
 
 

@@ -239,7 +239,12 @@ def run_prior(args: argparse.Namespace, pairs: Sequence[Tuple[str, str]]) -> Lis
     lines = []
     for name, data in pairs:
         results = run_prior_benchmark(
-            prior, args.text_prior, get_benchmark(name), data, out, model_id=model_id,
+            prior,
+            args.text_prior,
+            get_benchmark(name),
+            data,
+            out,
+            model_id=model_id,
             limit=args.limit,
         )
         lines.append(

@@ -70,7 +70,7 @@ class TextPrior:
         self.overall[answer] += 1
 
     @classmethod
-    def from_records(cls, records: Iterable[Dict[str, Any]]) -> "TextPrior":
+    def from_records(cls, records: Iterable[Dict[str, Any]]) -> TextPrior:
         prior = cls()
         for record in records:
             prior.num_records += 1
@@ -80,7 +80,7 @@ class TextPrior:
         return prior
 
     @classmethod
-    def from_path(cls, path: str) -> "TextPrior":
+    def from_path(cls, path: str) -> TextPrior:
         """The prior of a LLaVA JSON/JSONL file; unreadable records are counted and skipped."""
         if not storage.exists(path):
             raise ValueError(f"text prior: training file {path} does not exist")

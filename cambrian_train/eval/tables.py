@@ -118,7 +118,7 @@ SYNTHETIC_LAYOUT = Layout("synthetic", SYNTHETIC_COLUMNS)
 LAYOUTS = {layout.name: layout for layout in (PAPER_LAYOUT, SYNTHETIC_LAYOUT)}
 
 
-def choose_layout(results: Sequence["Result"], name: Optional[str] = None) -> Layout:
+def choose_layout(results: Sequence[Result], name: Optional[str] = None) -> Layout:
     """The layout called ``name``, or (None) ``synthetic`` when every result is one of its
     benchmarks and ``paper`` otherwise."""
     if name is not None:

@@ -191,7 +191,9 @@ def derive(task: str, question, array: np.ndarray) -> str:
         line = mask_of(array, DARK)
         return str(value_at(int(np.nonzero(line.any(axis=1))[0].min()), ticks))
     if task == "spatial":
-        m = re.fullmatch(r"Is the (\w+) \w+ (left or right of|above or below) the (\w+) \w+\?", text)
+        m = re.fullmatch(
+            r"Is the (\w+) \w+ (left or right of|above or below) the (\w+) \w+\?", text
+        )
         first, relation, second = m.groups()
         a, b = bbox(shape_mask(array, first)), bbox(shape_mask(array, second))
         axis = 0 if relation.startswith("left") else 1

@@ -26,8 +26,13 @@ def suite_test_file(tmp_path: Path) -> Path:
     (tmp_path / "images").mkdir()
     for name in ("a", "b", "c", "d", "e"):
         (tmp_path / "images" / f"{name}.png").write_bytes(b"png")
-    mcq = "Is the red circle left or right of the blue square?\nA. left\nB. right\nAnswer with the option's letter."
-    short = "Is the red circle left or right of the blue square? Answer with a single word or number."
+    mcq = (
+        "Is the red circle left or right of the blue square?\nA. left\nB. right\n"
+        "Answer with the option's letter."
+    )
+    short = (
+        "Is the red circle left or right of the blue square? Answer with a single word or number."
+    )
     rows = [
         dict(id="a", image="a.png", question=mcq, answer="B", choices=["left", "right"]),
         dict(id="b", image="b.png", question=mcq, answer="A", choices=["left", "right"]),
@@ -196,4 +201,7 @@ def test_layout_choice_and_paper_rows(tmp_path, capsys):
     write_result(tmp_path, "m", "mmvp", 40.0)  # a paper benchmark too: the paper layout
     columns = build_table(load_results([tmp_path])).columns
     assert [c.key for c in columns if c.kind == "score"] == ["mmvp", "syn_count"]
-    assert SYNTHETIC_LAYOUT.category_benchmarks("Knowledge") == ("syn_arithmetic", "syn_shape_facts")
+    assert SYNTHETIC_LAYOUT.category_benchmarks("Knowledge") == (
+        "syn_arithmetic",
+        "syn_shape_facts",
+    )

@@ -2,8 +2,9 @@
 
 Names equal the keys of ``cambrian_train.eval.tables.BENCHMARKS`` (the paper's columns) plus the
 extras ``pope`` and ``synthetic``, and the synthetic suite's ``syn_<task>`` benchmarks (their own
-table layout, ``cambrian_train.eval.tables.SYNTHETIC_LAYOUT``). Each benchmark's module docstring documents the public
-release layout its ``load(path)`` expects, its prompt and its scoring.
+table layout, ``cambrian_train.eval.tables.SYNTHETIC_LAYOUT``). Each benchmark's module
+docstring documents the public release layout its ``load(path)`` expects, its prompt and its
+scoring.
 """
 
 from __future__ import annotations
