@@ -308,8 +308,12 @@ def train_baselines(cfg: TrainConfig) -> Dict[str, float]:
 
 def format_table(results: Dict) -> str:
     rows = [("model", "test accuracy")]
+    labels = {
+        "majority_class_train": "baseline: majority class (from train)",
+        "text_only_prior_train": "baseline: text-only prior (from train)",
+    }
     for name, value in results.get("baselines", {}).items():
-        rows.append((f"baseline: {name.replace('_', ' ')}", f"{value:.3f}"))
+        rows.append((labels.get(name, f"baseline: {name.replace('_', ' ')}"), f"{value:.3f}"))
     for name, stage in results["stages"].items():
         if "eval" in stage:
             rows.append((f"after {name}", f"{stage['eval']['accuracy']:.3f}"))

@@ -195,6 +195,8 @@ def run(args: argparse.Namespace, process: Process) -> List[str]:
     if (args.model is None) == (args.text_prior is None):
         raise ValueError("give exactly one of --model PATH and --text-prior TRAIN")
     if args.text_prior is not None:
+        if process.world_size > 1:
+            raise ValueError("--text-prior runs in one process (nothing is generated): no torchrun")
         return run_prior(args, pairs)
     decoding = Decoding(
         args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, tuple(args.stop)
