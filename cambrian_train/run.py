@@ -30,6 +30,7 @@ from cambrian_train.config.schema import TrainConfig
 from cambrian_train.config.validate import ConfigError
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import SupervisedDataset, stage_encoder
+from cambrian_train.data.fit_check import check_fit
 from cambrian_train.data.lengths import LengthSpec
 from cambrian_train.data.loader import BatchStream, DataError, SkipStats
 from cambrian_train.data.packing import batch_shape, collate_rows
@@ -139,6 +140,9 @@ def run_stage(
         **shape.collate_kwargs(),
     )
     log.info("stage %s: %s", stage.name, shape.describe())
+    if not text:  # most records longer than the row is a setting to change, not data to skip
+        lengths = record_lengths(records, LengthSpec.from_encoder(encoder))
+        check_fit(lengths, shape.seq_len, stage.name, cfg.data.packing)
     streams = []
 
     def open_stream(state: Optional[dict]) -> BatchStream:
