@@ -24,7 +24,8 @@ def test_most_records_too_long_is_an_error_naming_the_setting():
         check_fit(lengths([100, 113, 114, 115]), 112, "finetune")
     message = str(info.value)
     assert "3 of 4 records (75 %) are longer than stages.finetune.max_length=112" in message
-    assert "longest 115" in message and "raise stages.finetune.max_length to at least 115" in message
+    assert "longest 115" in message
+    assert "raise stages.finetune.max_length to at least 115" in message
     with pytest.raises(DataError, match="data.pack_length=112"):
         check_fit(lengths([100, 113, 114, 115]), 112, "finetune", packing=True)
 
