@@ -15,6 +15,9 @@ choices, question_type); ``manifest.json`` (the config as a dict, record counts,
 Answers are balanced: the answer is drawn uniformly first and the scene is built to satisfy it.
 Each record draws from its own ``random.Random`` seeded by (seed, split, index), so the output is
 deterministic and the three splits use independent streams (no image is shared between them).
+
+``cfg.kind="suite"`` selects the four-category synthetic suite instead (data/suite.py), written
+in the same layout through the same :func:`generate` / :func:`ensure_synthetic`.
 """
 
 from __future__ import annotations
