@@ -30,6 +30,7 @@ from cambrian_train.config.schema import TrainConfig
 from cambrian_train.config.validate import ConfigError
 from cambrian_train.data.collate import collate
 from cambrian_train.data.dataset import SupervisedDataset, stage_encoder
+from cambrian_train.data.fit_check import check_fit
 from cambrian_train.data.lengths import LengthSpec
 from cambrian_train.data.loader import BatchStream, DataError, SkipStats
 from cambrian_train.data.packing import batch_shape, collate_rows
@@ -39,6 +40,7 @@ from cambrian_train.data.sources import (
     record_lengths,
     stage_data_path,
 )
+from cambrian_train.eval.priors import TextPrior
 from cambrian_train.eval.vqa import baselines, evaluate_vqa, load_questions, question_text
 from cambrian_train.models import build_model
 from cambrian_train.models.llm import load_tokenizer
@@ -138,6 +140,9 @@ def run_stage(
         **shape.collate_kwargs(),
     )
     log.info("stage %s: %s", stage.name, shape.describe())
+    if not text:  # most records longer than the row is a setting to change, not data to skip
+        lengths = record_lengths(records, LengthSpec.from_encoder(encoder))
+        check_fit(lengths, shape.seq_len, stage.name, cfg.data.packing)
     streams = []
 
     def open_stream(state: Optional[dict]) -> BatchStream:
@@ -295,10 +300,24 @@ def check_eval_prompts(cfg: TrainConfig, tokenizer) -> None:
             )
 
 
+def train_baselines(cfg: TrainConfig) -> Dict[str, float]:
+    """Model-free test accuracies learned from ``data.train_path`` (eval/vqa.py ``baselines``);
+    empty when the run reads a mixture (no single training file)."""
+    if cfg.data.train_path is None:
+        log.info("no text-only baseline: data.train_path is null (a mixture of data.sources)")
+        return {}
+    questions = load_questions(cfg.data.test_path)[: cfg.eval.max_samples]
+    return baselines(questions, TextPrior.from_path(cfg.data.train_path))
+
+
 def format_table(results: Dict) -> str:
     rows = [("model", "test accuracy")]
+    labels = {
+        "majority_class_train": "baseline: majority class (from train)",
+        "text_only_prior_train": "baseline: text-only prior (from train)",
+    }
     for name, value in results.get("baselines", {}).items():
-        rows.append((f"baseline: {name.replace('_', ' ')}", f"{value:.3f}"))
+        rows.append((labels.get(name, f"baseline: {name.replace('_', ' ')}"), f"{value:.3f}"))
     for name, stage in results["stages"].items():
         if "eval" in stage:
             rows.append((f"after {name}", f"{stage['eval']['accuracy']:.3f}"))
@@ -396,7 +415,7 @@ def run(cfg: TrainConfig) -> Dict:
     )
     results: Dict = {"name": cfg.name, "output_dir": out, "stages": {}}
     if cfg.data.test_path and any(cfg.stages[s].eval_after for s in cfg.run_stages):
-        results["baselines"] = baselines(load_questions(cfg.data.test_path)[: cfg.eval.max_samples])
+        results["baselines"] = train_baselines(cfg)
     plan = plan_resume(cfg, out)
     previous: Optional[str] = None
     try:

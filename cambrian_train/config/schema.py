@@ -151,15 +151,19 @@ class ModelConfig:
 
 @dataclass
 class SyntheticConfig:
-    """Parameters of the synthetic shapes data set (data/synthetic.py)."""
+    """Parameters of the synthetic shapes data set (data/synthetic.py), or of the four-category
+    synthetic suite (``kind: suite``, data/suite.py)."""
 
+    kind: str = "shapes"  # shapes | suite
     seed: int = 0
     image_size: int = 64
     num_pretrain: int = 2000  # caption records (stage 1)
     num_train: int = 4000  # VQA records (stage 2)
-    num_test: int = 300  # held-out questions
-    max_shapes: int = 3
+    num_test: int = 300  # held-out questions (suite: per task)
+    max_shapes: int = 3  # shapes only
     question_types: List[str] = field(default_factory=lambda: ["color", "shape", "count"])
+    tasks: List[str] = field(default_factory=list)  # suite only; empty = every task
+    mcq_fraction: float = 0.5  # suite only: share of multiple-choice questions
 
 
 @dataclass

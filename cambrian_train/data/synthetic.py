@@ -15,6 +15,9 @@ choices, question_type); ``manifest.json`` (the config as a dict, record counts,
 Answers are balanced: the answer is drawn uniformly first and the scene is built to satisfy it.
 Each record draws from its own ``random.Random`` seeded by (seed, split, index), so the output is
 deterministic and the three splits use independent streams (no image is shared between them).
+
+``cfg.kind="suite"`` selects the four-category synthetic suite instead (data/suite.py), written
+in the same layout through the same :func:`generate` / :func:`ensure_synthetic`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 QUESTION_TYPES = ("color", "shape", "count", "word")
+KINDS = ("shapes", "suite")  # synthetic.kind: this module's set, or the suite (data/suite.py)
 SHAPES = ("circle", "square", "triangle")
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -110,6 +114,12 @@ def synthetic_paths(root: PathLike) -> SyntheticPaths:
 
 def validate_config(cfg: SyntheticConfig) -> None:
     """Raise ``ValueError`` naming the field and the value of the first invalid setting."""
+    if cfg.kind not in KINDS:
+        raise ValueError(f"synthetic.kind must be one of {', '.join(KINDS)}, got {cfg.kind!r}")
+    if cfg.kind == "suite":
+        from cambrian_train.data.suite import validate_suite
+
+        return validate_suite(cfg)
     for name in ("num_pretrain", "num_train", "num_test"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"synthetic.{name} must be >= 0, got {getattr(cfg, name)}")
@@ -284,9 +294,10 @@ def _record_rng(seed: int, split: str, index: int) -> random.Random:
     return random.Random(f"cambrian-synthetic/{seed}/{split}/{index}")
 
 
-def _config_dict(cfg: SyntheticConfig) -> dict[str, Any]:
+def config_dict(cfg: SyntheticConfig) -> dict[str, Any]:
     out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SyntheticConfig)}
     out["question_types"] = list(out["question_types"])
+    out["tasks"] = list(out["tasks"])
     return out
 
 
@@ -303,7 +314,7 @@ def _build(out: Path, cfg: SyntheticConfig) -> dict[str, int]:
                 scene, record = make_record(rng, cfg, f"{prefix}-{index:06d}")
                 _render(scene, cfg.image_size).save(paths.image_folder / record["image"], "PNG")
                 handle.write(json.dumps(record) + "\n")
-    manifest = {"format_version": FORMAT_VERSION, "config": _config_dict(cfg), "counts": counts}
+    manifest = {"format_version": FORMAT_VERSION, "config": config_dict(cfg), "counts": counts}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return counts
 
@@ -312,14 +323,14 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def generate(root: PathLike, cfg: SyntheticConfig) -> SyntheticPaths:
-    """Render the data set into ``root`` (replacing it), building in a sibling then renaming."""
-    validate_config(cfg)
+def write_atomically(root: PathLike, build: Callable[[Path], Any]) -> Any:
+    """Run ``build(tmp)`` on a fresh sibling directory of ``root``, then rename it to ``root``
+    (replacing a previous one, which is put back if the rename fails); returns what build did."""
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
-        counts = _build(tmp, cfg)
+        built = build(tmp)
         old = None
         if root.exists() or root.is_symlink():
             old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:12]}"
@@ -335,8 +346,31 @@ def generate(root: PathLike, cfg: SyntheticConfig) -> SyntheticPaths:
         raise
     if old is not None:
         _remove(old)
+    return built
+
+
+def generate(root: PathLike, cfg: SyntheticConfig) -> SyntheticPaths:
+    """Render the data set into ``root`` (replacing it), building in a sibling then renaming.
+
+    ``cfg.kind="suite"`` renders the four-category suite instead (data/suite.py)."""
+    validate_config(cfg)
+    if cfg.kind == "suite":
+        from cambrian_train.data.suite import build_suite
+
+        counts = write_atomically(root, lambda out: build_suite(out, cfg))
+    else:
+        counts = write_atomically(root, lambda out: _build(out, cfg))
     logger.info("synthetic data set written to %s: %s", root, counts)
     return synthetic_paths(root)
+
+
+def format_version(cfg: SyntheticConfig) -> int:
+    """The manifest format version of the data set ``cfg`` describes."""
+    if cfg.kind == "suite":
+        from cambrian_train.data.suite import SUITE_FORMAT_VERSION
+
+        return SUITE_FORMAT_VERSION
+    return FORMAT_VERSION
 
 
 def _manifest_matches(root: Path, cfg: SyntheticConfig) -> bool:
@@ -346,8 +380,8 @@ def _manifest_matches(root: Path, cfg: SyntheticConfig) -> bool:
         return False
     return (
         isinstance(manifest, dict)
-        and manifest.get("format_version") == FORMAT_VERSION
-        and manifest.get("config") == _config_dict(cfg)
+        and manifest.get("format_version") == format_version(cfg)
+        and manifest.get("config") == config_dict(cfg)
     )
 
 

@@ -1,6 +1,7 @@
 """``cambrian-eval``: evaluate a model on registered benchmarks from local data.
 
-    cambrian-eval --model PATH (--benchmark NAME --data PATH)... [--suite FILE] [--out DIR]
+    cambrian-eval (--model PATH | --text-prior TRAIN) (--benchmark NAME --data PATH)...
+                  [--suite FILE] [--out DIR]
                   [--model-name NAME] [--batch-size N] [--max-new-tokens N] [--limit N]
                   [--max-length N]
                   [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop S]...
@@ -15,6 +16,10 @@ are the registry's (``cambrian_train.eval.benchmarks``; ``synthetic`` is the dem
 and the model name (results' ``model``) to the export directory's name, or ``<run>-<stage>`` for
 ``<run>/<stage>/checkpoint``. ``--model``, ``--suite`` and ``--out`` may be fsspec URLs
 (``gs://...``; storage.py).
+
+``--text-prior TRAIN`` answers from the training file instead of a model: the majority training
+answer per question text / template (``eval/priors.py``), scored by each benchmark's own rules;
+its results are marked ``"baseline": true`` (model name ``text-only-prior`` by default).
 
 Data parallel: ``torchrun --nproc_per_node N -m cambrian_train.eval.cli ...`` (or
 ``python -m torch.distributed.run``) splits the batches over the processes (gloo on CPU, nccl
@@ -59,7 +64,12 @@ class Process:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cambrian-eval", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="export directory or run checkpoint")
+    p.add_argument("--model", help="export directory or run checkpoint")
+    p.add_argument(
+        "--text-prior",
+        metavar="TRAIN",
+        help="no model: answer from this LLaVA training file's majority answers (eval/priors.py)",
+    )
     p.add_argument("--benchmark", action="append", default=[], help="benchmark name (repeatable)")
     p.add_argument("--data", action="append", default=[], help="its local data (repeatable)")
     p.add_argument("--suite", help="YAML mapping benchmark name -> data path")
@@ -182,6 +192,12 @@ def run(args: argparse.Namespace, process: Process) -> List[str]:
 
     pairs = benchmark_pairs(args)
     check_counts(args)
+    if (args.model is None) == (args.text_prior is None):
+        raise ValueError("give exactly one of --model PATH and --text-prior TRAIN")
+    if args.text_prior is not None:
+        if process.world_size > 1:
+            raise ValueError("--text-prior runs in one process (nothing is generated): no torchrun")
+        return run_prior(args, pairs)
     decoding = Decoding(
         args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, tuple(args.stop)
     )
@@ -210,6 +226,32 @@ def run(args: argparse.Namespace, process: Process) -> List[str]:
         lines.append(
             f"{name}: score {results['score']:.2f} over {results['count']} items "
             f"({results['metrics'].get('unparsed', 0)} unparsed) -> {storage.join(out, name)}"
+        )
+    return lines
+
+
+def run_prior(args: argparse.Namespace, pairs: Sequence[Tuple[str, str]]) -> List[str]:
+    """``--text-prior``: every benchmark answered by the training file's prior."""
+    from cambrian_train.eval.benchmarks import get_benchmark
+    from cambrian_train.eval.priors import TextPrior, run_prior_benchmark
+
+    prior = TextPrior.from_path(args.text_prior)
+    model_id = args.model_name or "text-only-prior"
+    out = args.out or storage.join(DEFAULT_OUT, model_id)
+    lines = []
+    for name, data in pairs:
+        results = run_prior_benchmark(
+            prior,
+            args.text_prior,
+            get_benchmark(name),
+            data,
+            out,
+            model_id=model_id,
+            limit=args.limit,
+        )
+        lines.append(
+            f"{name}: text-only prior {results['score']:.2f} over {results['count']} items "
+            f"-> {storage.join(out, name)}"
         )
     return lines
 

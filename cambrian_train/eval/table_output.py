@@ -2,7 +2,7 @@
 chart, and the ``cambrian-tabulate`` command line (``tools/tables.py``)::
 
     cambrian-tabulate RESULTS... [--format md|csv|latex] [--paper] [--compare MODEL=PAPER_ROW]
-        [--all-columns] [--out FILE] [--chart PNG]
+        [--all-columns] [--layout paper|synthetic] [--out FILE] [--chart PNG]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from cambrian_train.eval.tables import (
     FORMATS,
+    LAYOUTS,
     MISSING,
     Column,
     Row,
@@ -187,6 +188,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--all-columns", action="store_true", help="keep benchmarks that no row has"
     )
+    parser.add_argument(
+        "--layout",
+        choices=sorted(LAYOUTS),
+        help="table layout (default: synthetic when every result is a syn_* benchmark, else paper)",
+    )
     parser.add_argument("--out", type=Path, help="write the table here instead of stdout")
     parser.add_argument("--chart", type=Path, metavar="PNG", help="also write a bar chart")
     return parser.parse_args(argv)
@@ -206,7 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         compare = [parse_compare(spec) for spec in args.compare]
         results = load_results(args.results)
-        table = build_table(results, args.paper, compare, args.all_columns)
+        table = build_table(results, args.paper, compare, args.all_columns, args.layout)
         text = render(table, _format_for(args))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

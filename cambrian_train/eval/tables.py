@@ -20,6 +20,13 @@ and is shown only when all four are present (else "–" and a note naming the mi
 overall average is the mean of the four category averages (equal to the mean of the 16 scaled
 scores) and is shown only when all four are. Benchmark cells keep each benchmark's own scale.
 
+Layouts (:class:`Layout`): ``paper`` (the columns above) and ``synthetic`` (the synthetic suite's
+twelve ``syn_<task>`` benchmarks, three / two / three / four per category, the same averaging
+rule with each category's own number of benchmarks). ``layout=None`` picks ``synthetic`` when
+every result is one of its benchmarks, else ``paper``; the published rows exist only for the
+paper's layout. A results file with ``"baseline": true`` (e.g. the text-only prior of
+``cambrian_train.eval.priors``) is a ``baseline`` row, listed before the models.
+
 Rendering and the ``cambrian-tabulate`` command line: cambrian_train/eval/table_output.py.
 """
 
@@ -34,6 +41,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from cambrian_train.eval.benchmarks import BENCHMARKS as EVAL_BENCHMARKS
 from cambrian_train.eval.benchmarks.base import OTHER, PAPER_CATEGORIES
+from cambrian_train.eval.benchmarks.synthetic_suite import SUITE_BENCHMARKS
 from cambrian_train.eval.paper_results import PAPER_ROWS, PAPER_SOURCE, paper_row
 
 log = logging.getLogger(__name__)
@@ -88,11 +96,42 @@ BENCHMARKS: Dict[str, Benchmark] = {
 CATEGORY_BENCHMARKS: Dict[str, Tuple[str, ...]] = {
     c: tuple(k for k, b in BENCHMARKS.items() if b.category == c) for c in CATEGORIES
 }
+SYNTHETIC_COLUMNS: Dict[str, Benchmark] = {
+    key: Benchmark(key, bench.label, bench.category) for key, bench in SUITE_BENCHMARKS.items()
+}
+KNOWN: Dict[str, Benchmark] = {**BENCHMARKS, **SYNTHETIC_COLUMNS}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A table layout: its columns (in display order) and the categories they average into."""
+
+    name: str
+    columns: Dict[str, Benchmark]
+
+    def category_benchmarks(self, category: str) -> Tuple[str, ...]:
+        return tuple(k for k, b in self.columns.items() if b.category == category)
+
+
+PAPER_LAYOUT = Layout("paper", BENCHMARKS)
+SYNTHETIC_LAYOUT = Layout("synthetic", SYNTHETIC_COLUMNS)
+LAYOUTS = {layout.name: layout for layout in (PAPER_LAYOUT, SYNTHETIC_LAYOUT)}
+
+
+def choose_layout(results: Sequence[Result], name: Optional[str] = None) -> Layout:
+    """The layout called ``name``, or (None) ``synthetic`` when every result is one of its
+    benchmarks and ``paper`` otherwise."""
+    if name is not None:
+        if name not in LAYOUTS:
+            raise ValueError(f"unknown layout {name!r}; choose one of {', '.join(LAYOUTS)}")
+        return LAYOUTS[name]
+    synthetic = results and all(r.benchmark in SYNTHETIC_COLUMNS for r in results)
+    return SYNTHETIC_LAYOUT if synthetic else PAPER_LAYOUT
 
 
 def benchmark(key: str) -> Benchmark:
     """The registered benchmark ``key``, or an unscaled "Other" column named after it."""
-    return BENCHMARKS.get(key) or Benchmark(key, key, OTHER, max_score=None)
+    return KNOWN.get(key) or Benchmark(key, key, OTHER, max_score=None)
 
 
 @dataclass(frozen=True)
@@ -103,6 +142,7 @@ class Result:
     benchmark: str
     score: float
     path: Path
+    baseline: bool = False  # a model-free baseline (e.g. the text-only prior)
 
 
 def find_json_files(inputs: Sequence[Path]) -> List[Path]:
@@ -128,7 +168,7 @@ def _parse_result(data: Dict[str, object], path: Path) -> Result:
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
         raise ValueError(f"{path}: field 'score' must be a finite number, got {score!r}")
     bench = benchmark(name)
-    if name not in BENCHMARKS:
+    if name not in KNOWN:
         log.warning(
             "%s: benchmark %r is not in the paper's categories; shown under Other", path, name
         )
@@ -138,7 +178,8 @@ def _parse_result(data: Dict[str, object], path: Path) -> Result:
             f"{path}: score {score!r} for {name!r} is outside [0, {upper:g}] "
             "(scores are on the paper's scale: percent, MME-P summed, OCRBench out of 1000)"
         )
-    return Result(model=model, benchmark=name, score=float(score), path=path)
+    baseline = data.get("baseline", False) is True
+    return Result(model=model, benchmark=name, score=float(score), path=path, baseline=baseline)
 
 
 def read_result(path: Path) -> Optional[Result]:
@@ -179,7 +220,8 @@ def load_results(inputs: Sequence[Path]) -> List[Result]:
 
 @dataclass
 class Row:
-    """A row; ``source``: "ours", "published" or "delta"; scores on each benchmark's own scale."""
+    """A row; ``source``: "ours", "baseline", "published" or "delta"; scores on each benchmark's
+    own scale."""
 
     name: str
     source: str
@@ -208,17 +250,21 @@ class Table:
     notes: List[str]
 
 
-def category_average(scores: Dict[str, float], category: str) -> Optional[float]:
+def category_average(
+    scores: Dict[str, float], category: str, layout: Layout = PAPER_LAYOUT
+) -> Optional[float]:
     """Mean of the category's scaled scores (MME-P/20, OCRBench/10); None if any is missing."""
-    keys = CATEGORY_BENCHMARKS[category]
+    keys = layout.category_benchmarks(category)
     if any(k not in scores for k in keys):
         return None
-    return sum(scores[k] / BENCHMARKS[k].divisor for k in keys) / len(keys)
+    return sum(scores[k] / layout.columns[k].divisor for k in keys) / len(keys)
 
 
-def scored_row(name: str, source: str, scores: Dict[str, float], tokens=None) -> Row:
+def scored_row(
+    name: str, source: str, scores: Dict[str, float], tokens=None, layout: Layout = PAPER_LAYOUT
+) -> Row:
     """A row with its category averages and overall average filled in."""
-    averages = {c: category_average(scores, c) for c in CATEGORIES}
+    averages = {c: category_average(scores, c, layout) for c in CATEGORIES}
     values = list(averages.values())
     overall = None if None in values else sum(values) / len(values)
     return Row(name, source, dict(scores), tokens, averages, overall)
@@ -244,23 +290,23 @@ def parse_compare(spec: str) -> Tuple[str, str]:
     return model, paper
 
 
-def _score_columns(rows: Sequence[Row], all_columns: bool) -> List[Column]:
+def _score_columns(rows: Sequence[Row], all_columns: bool, layout: Layout) -> List[Column]:
     present = {k for row in rows for k in row.scores}
     columns: List[Column] = []
     for category in CATEGORIES:
-        keys = [k for k in CATEGORY_BENCHMARKS[category] if all_columns or k in present]
+        keys = [k for k in layout.category_benchmarks(category) if all_columns or k in present]
         if keys:
-            columns += [Column(k, BENCHMARKS[k].label, category, "score") for k in keys]
+            columns += [Column(k, layout.columns[k].label, category, "score") for k in keys]
             columns.append(Column(category, f"{category} avg", category, "average"))
     if columns:
         columns.append(Column("overall", "Overall", "", "overall"))
-    known = [k for k, b in BENCHMARKS.items() if b.category == OTHER]
+    known = [k for k, b in layout.columns.items() if b.category == OTHER]
     others = [k for k in known if all_columns or k in present]
-    others += sorted(present - set(BENCHMARKS))
+    others += sorted(present - set(layout.columns))
     return columns + [Column(k, benchmark(k).label, OTHER, "score") for k in others]
 
 
-def _missing_notes(rows: Sequence[Row], columns: Sequence[Column]) -> List[str]:
+def _missing_notes(rows: Sequence[Row], columns: Sequence[Column], layout: Layout) -> List[str]:
     """One note per (average column, missing benchmarks) naming the rows concerned."""
     groups: Dict[Tuple[str, Tuple[str, ...]], List[str]] = {}
     for column in columns:
@@ -268,8 +314,8 @@ def _missing_notes(rows: Sequence[Row], columns: Sequence[Column]) -> List[str]:
             if row.source == "delta":
                 continue
             if column.kind == "average" and row.averages[column.key] is None:
-                keys = CATEGORY_BENCHMARKS[column.key]
-                missing = tuple(BENCHMARKS[k].label for k in keys if k not in row.scores)
+                keys = layout.category_benchmarks(column.key)
+                missing = tuple(layout.columns[k].label for k in keys if k not in row.scores)
                 groups.setdefault((column.label, missing), []).append(row.name)
             elif column.kind == "overall" and row.overall is None:
                 lacking = tuple(f"{c} avg" for c in CATEGORIES if row.averages[c] is None)
@@ -286,12 +332,24 @@ def build_table(
     paper: bool = False,
     compare: Sequence[Tuple[str, str]] = (),
     all_columns: bool = False,
+    layout: Optional[str] = None,
 ) -> Table:
-    """Rows (published first, then ours sorted by name, each followed by its deltas) and columns."""
+    """Rows (published first, then baselines, then ours sorted by name, each followed by its
+    deltas) and columns, in ``layout`` (a name of ``LAYOUTS``; None: :func:`choose_layout`)."""
+    chosen = choose_layout(results, layout)
+    if chosen is not PAPER_LAYOUT and (paper or compare):
+        raise ValueError(
+            f"--paper / --compare add published rows, which exist only for the paper layout "
+            f"(this table's layout is {chosen.name!r})"
+        )
     by_model: Dict[str, Dict[str, float]] = {}
+    baselines = {r.model for r in results if r.baseline}
     for result in results:
         by_model.setdefault(result.model, {})[result.benchmark] = result.score
-    ours = {m: scored_row(m, "ours", s) for m, s in sorted(by_model.items())}
+    ours = {
+        m: scored_row(m, "baseline" if m in baselines else "ours", s, layout=chosen)
+        for m, s in sorted(by_model.items(), key=lambda kv: (kv[0] not in baselines, kv[0]))
+    }
     published = [
         scored_row(p.model, "published", p.scores, p.num_vision_tokens) for p in PAPER_ROWS
     ]
@@ -307,16 +365,20 @@ def build_table(
         rows = rows + [row] + deltas.get(model, [])
     columns = [Column("model", "model", "", "meta")]
     if any(row.source != "ours" for row in rows):
-        columns += [
-            Column("source", "source", "", "meta"),
-            Column("vis_tok", "#vis tok", "", "meta"),
-        ]
-    columns += _score_columns([r for r in rows if r.source != "delta"], all_columns)
-    notes = _missing_notes(rows, columns)
-    if any(c.kind == "average" for c in columns):
+        columns.append(Column("source", "source", "", "meta"))
+    if any(row.source == "published" for row in rows):
+        columns.append(Column("vis_tok", "#vis tok", "", "meta"))
+    columns += _score_columns([r for r in rows if r.source != "delta"], all_columns, chosen)
+    notes = _missing_notes(rows, columns, chosen)
+    if any(c.kind == "average" for c in columns) and chosen is PAPER_LAYOUT:
         notes.append(
             "Averages on a 0-100 scale (paper convention: MME-P/20, OCRBench/10); "
             "Overall = mean of the four category averages."
+        )
+    elif any(c.kind == "average" for c in columns):
+        notes.append(
+            "Synthetic suite (cambrian_train.data.suite), percent; a category average is the "
+            "mean of its tasks, Overall the mean of the four category averages."
         )
     if paper:
         notes.append(f"published rows: {PAPER_SOURCE}.")

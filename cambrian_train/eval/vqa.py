@@ -1,16 +1,17 @@
 """Short-answer VQA evaluation (the demo's held-out set, or any file in the same format).
 
-Test file: JSONL (or JSON list) of ``{"id", "image", "question", "answer", "choices"?}``.
-Score: exact match of the normalised greedy answer. Baselines that need no model: the majority
-answer overall, and the majority answer per question text (the text-only prior).
+Test file: JSONL (or JSON list) of ``{"id", "image", "question", "answer", "choices"?,
+"template"?}``. Score: exact match of the normalised greedy answer. Baselines that need no model,
+both learned from the *training* file (``eval/priors.py``), never from the test set: the
+training set's most common answer given to every question, and the text-only prior (the majority
+training answer per question text, then per template).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -18,6 +19,7 @@ from cambrian_train.data.dataset import ImageTextEncoder
 from cambrian_train.data.records import RecordError, open_records
 from cambrian_train.data.templates import IMAGE_TAG
 from cambrian_train.eval.benchmarks.base import EvalItem
+from cambrian_train.eval.priors import TextPrior
 from cambrian_train.eval.runner import make_batch
 from cambrian_train.eval.text import normalize_answer
 from cambrian_train.infer.generate import generate
@@ -32,6 +34,7 @@ class Question:
     question: str
     answer: str
     choices: List[str]
+    template: Optional[str] = None
 
 
 def load_questions(path: str) -> List[Question]:
@@ -53,6 +56,7 @@ def load_questions(path: str) -> List[Question]:
                 rec["question"],
                 str(rec["answer"]),
                 [str(c) for c in rec.get("choices", [])],
+                rec.get("template") if isinstance(rec.get("template"), str) else None,
             )
         )
     if not questions:
@@ -60,23 +64,24 @@ def load_questions(path: str) -> List[Question]:
     return questions
 
 
-def baselines(questions: Sequence[Question]) -> Dict[str, float]:
-    """Accuracy of answering the overall majority answer / the majority answer per question."""
-    answers = [normalize_answer(q.answer) for q in questions]
-    overall = Counter(answers).most_common(1)[0][1] / len(answers)
-    by_text: Dict[str, Counter] = defaultdict(Counter)
-    for q, a in zip(questions, answers):
-        by_text[q.question][a] += 1
-    prior = sum(c.most_common(1)[0][1] for c in by_text.values()) / len(answers)
-    return {"majority_class": overall, "majority_per_question": prior}
+def baselines(questions: Sequence[Question], prior: TextPrior) -> Dict[str, float]:
+    """Test accuracy of answering every question with the training set's majority answer, and of
+    the text-only prior learned from the training set (``prior``)."""
+    gold = [normalize_answer(q.answer) for q in questions]
+    majority = normalize_answer(prior.majority())
+    prior_answers = [normalize_answer(prior.predict(q.question, q.template)[0]) for q in questions]
+    return {
+        "majority_class_train": sum(g == majority for g in gold) / len(gold),
+        "text_only_prior_train": sum(g == a for g, a in zip(gold, prior_answers)) / len(gold),
+    }
 
 
-@torch.no_grad()
 def question_text(q) -> str:
     """The user turn of a test question: its text, with the image tag first unless it has one."""
     return q.question if IMAGE_TAG in q.question else f"{IMAGE_TAG}\n{q.question}"
 
 
+@torch.no_grad()
 def evaluate_vqa(
     model,
     encoder: ImageTextEncoder,

@@ -31,7 +31,7 @@ def test_two_stage_run_writes_everything(tiny_overrides, tmp_path):
     run = tmp_path / "run"
     results = json.loads((run / "results.json").read_text())
     assert set(results["stages"]) == {"pretrain", "finetune"}
-    assert 0.0 <= results["baselines"]["majority_per_question"] <= 1.0
+    assert 0.0 <= results["baselines"]["text_only_prior_train"] <= 1.0
     for stage in ("pretrain", "finetune"):
         assert results["stages"][stage]["eval"]["count"] == 8
         assert (run / stage / "checkpoint" / "connector.safetensors").is_file()

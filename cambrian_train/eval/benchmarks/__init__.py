@@ -1,8 +1,10 @@
 """Benchmark registry for ``cambrian-eval``: ``BENCHMARKS`` (name -> Benchmark) and lookup.
 
 Names equal the keys of ``cambrian_train.eval.tables.BENCHMARKS`` (the paper's columns) plus the
-extras ``pope`` and ``synthetic``. Each benchmark's module docstring documents the public
-release layout its ``load(path)`` expects, its prompt and its scoring.
+extras ``pope`` and ``synthetic``, and the synthetic suite's ``syn_<task>`` benchmarks (their own
+table layout, ``cambrian_train.eval.tables.SYNTHETIC_LAYOUT``). Each benchmark's module
+docstring documents the public release layout its ``load(path)`` expects, its prompt and its
+scoring.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from cambrian_train.eval.benchmarks.realworldqa import RealWorldQA
 from cambrian_train.eval.benchmarks.scienceqa import ScienceQAImage
 from cambrian_train.eval.benchmarks.seed import SEEDImage
 from cambrian_train.eval.benchmarks.synthetic import Synthetic
+from cambrian_train.eval.benchmarks.synthetic_suite import SUITE_BENCHMARKS
 from cambrian_train.eval.benchmarks.textvqa import TextVQA
 
 __all__ = [
@@ -65,6 +68,7 @@ BENCHMARKS: Dict[str, Benchmark] = {
         CVBench3D(),
         POPE(),
         Synthetic(),
+        *SUITE_BENCHMARKS.values(),
     )
 }
 
