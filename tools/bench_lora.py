@@ -25,12 +25,10 @@ import time
 
 def run_variant(args) -> dict:
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from cambrian_train.cli import CONFIG_DIR, to_train_config
-    from cambrian_train.config.store import register_configs
     from cambrian_train.data.collate import collate
     from cambrian_train.data.dataset import Sample
+    from cambrian_train.infer.export_cli import compose_train_config
     from cambrian_train.models import build_model
     from cambrian_train.train.optim import build_optimizer
     from cambrian_train.train.stage import apply_stage
@@ -46,9 +44,7 @@ def run_variant(args) -> dict:
     ]
     if args.rank:
         overrides += [f"model.llm.lora.r={args.rank}", f"model.llm.lora.alpha={2 * args.rank}"]
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = to_train_config(compose(config_name="train", overrides=overrides))
+    cfg = compose_train_config(overrides)  # composed and checked as cambrian-train does
     model = build_model(cfg.model)
     stage = cfg.stages["finetune"]
     optimizer = build_optimizer(apply_stage(model, stage), stage)

@@ -124,14 +124,20 @@ def _materialize_adapter(layer: nn.Module, generator: torch.Generator) -> None:
 def merge_lora(module: nn.Module) -> int:
     """Fold every adapter into its base weight (W += scale·B·A, in the base's dtype) and put
     the base layers back, so ``module`` has its original names and no peft layer; → merged."""
-    layers = 0
+    for layer in lora_layers(module):
+        layer.merge(safe_merge=True, adapter_names=[ADAPTER])
+    return _put_back_base_layers(module)
+
+
+def _put_back_base_layers(module: nn.Module) -> int:
+    """Replace every LoRA layer of ``module`` by its base layer; → how many."""
+    count = 0
     for parent in list(module.modules()):
         for child_name, child in list(parent.named_children()):
             if _is_lora(child):
-                child.merge(safe_merge=True, adapter_names=[ADAPTER])
                 setattr(parent, child_name, child.get_base_layer())
-                layers += 1
-    return layers
+                count += 1
+    return count
 
 
 def strip_lora(module: nn.Module) -> Dict[str, torch.Tensor]:
@@ -143,10 +149,7 @@ def strip_lora(module: nn.Module) -> Dict[str, torch.Tensor]:
         PEFT_PREFIX + k: v.detach().cpu().contiguous()
         for k, v in get_peft_model_state_dict(module, adapter_name=ADAPTER).items()
     }
-    for parent in list(module.modules()):
-        for child_name, child in list(parent.named_children()):
-            if _is_lora(child):
-                setattr(parent, child_name, child.get_base_layer())
+    _put_back_base_layers(module)
     return tensors
 
 

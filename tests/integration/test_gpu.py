@@ -17,28 +17,25 @@ pytestmark = [
 ]
 
 
-def test_fsdp_bf16_on_gpu(tiny_overrides, tmp_path):
+def train_on_one_gpu(tiny_overrides, tmp_path, *extra) -> dict:
+    """The tiny two-stage run under torchrun on one GPU with bf16 compute; → results.json."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "1",
-            "-m",
-            "cambrian_train",
-            *tiny_overrides,
-            "backend=cuda_fsdp",
-            "backend.dtype=bfloat16",
-            "stages.finetune.gradient_checkpointing=true",
-        ],
+        [*launch, "-m", "cambrian_train", *tiny_overrides, "backend=cuda_fsdp"]
+        + ["backend.dtype=bfloat16", *extra],
         capture_output=True,
         text=True,
         timeout=900,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    return json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+def test_fsdp_bf16_on_gpu(tiny_overrides, tmp_path):
+    results = train_on_one_gpu(
+        tiny_overrides, tmp_path, "stages.finetune.gradient_checkpointing=true"
+    )
     assert results["stages"]["finetune"]["final_loss"] < results["stages"]["finetune"]["first_loss"]
 
 
@@ -61,30 +58,14 @@ def test_qlora_and_int8_base_train_adapters_on_one_gpu(tiny_overrides, tmp_path,
     on one GPU: the run trains (loss falls), only adapters and connector are saved, and the
     export merges them into the unquantised base."""
     pytest.importorskip("bitsandbytes")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "1",
-            "-m",
-            "cambrian_train",
-            *tiny_overrides,
-            "backend=cuda_fsdp",
-            "backend.dtype=bfloat16",
-            "model.llm.dtype=bfloat16",
-            f"model.llm.quantization={quantization}",
-            "model.llm.lora.r=8",
-            "stages.finetune.lr=5e-3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=tmp_path,
+    results = train_on_one_gpu(
+        tiny_overrides,
+        tmp_path,
+        "model.llm.dtype=bfloat16",
+        f"model.llm.quantization={quantization}",
+        "model.llm.lora.r=8",
+        "stages.finetune.lr=5e-3",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["stages"]["finetune"]["final_loss"] < results["stages"]["finetune"]["first_loss"]
     from safetensors import safe_open
 
