@@ -54,6 +54,7 @@ def _compose_variant(overrides: list) -> TrainConfig:
 
     variant = to_train_config(compose(config_name="train", overrides=overrides))
     variant.variants, variant.only_variants = {}, []
+    variant.variant_seeds, variant.variant_quick = [variant.seed], False
     validate(variant)
     return variant
 

@@ -375,6 +375,10 @@ class TrainConfig:
     # null: start fresh | auto: the latest complete checkpoint of this output_dir, if any |
     # a step-checkpoint directory
     resume: Optional[str] = None
-    # name -> overrides: run each variant and compare them (repro.py; experiment=repro_small)
+    # name -> overrides: run each variant and compare them (repro/; experiment=repro_small)
     variants: Dict[str, List[str]] = field(default_factory=dict)
     only_variants: List[str] = field(default_factory=list)  # run just these of ``variants``
+    # each variant runs once per seed (``seed=<k>``, output_dir <output_dir>/<variant>/seed-<k>);
+    # the comparison reports means and 95 % t-intervals over them
+    variant_seeds: List[int] = field(default_factory=lambda: [0])
+    variant_quick: bool = False  # true: only the first of variant_seeds, for a quick look

@@ -171,8 +171,10 @@ RUN_CONTROL_FIELDS = (
     "backend.on_recompile",  # ... and what a recompile after warm-up does
     "backend.peak_tflops",  # only the logged MFU's denominator
     "data.num_workers",  # loader processes: the batches and their order do not depend on them
-    "variants",  # repro.py's variant runs, each of which runs with none of these
+    "variants",  # repro/'s variant runs, each of which runs with none of these
     "only_variants",
+    "variant_seeds",
+    "variant_quick",
 )
 # Storage locations: compared as locations (local paths made absolute against the directory the
 # run started in, which meta.json records at save time; URLs without trailing or doubled

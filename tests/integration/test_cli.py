@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from safetensors.torch import load_file
 
 from cambrian_train.train.checkpoint import tensors_digest
@@ -91,28 +92,50 @@ def test_sva_connector_run(tiny_overrides, tmp_path):
 
 
 def test_variants_train_evaluate_and_compare(tiny_overrides, tmp_path):
+    """Two variants x two seeds on the shapes set; a second command trains and scores nothing."""
     overrides = [
         o
         for o in tiny_overrides
         if not o.startswith(("experiment=", "stages.pretrain.max", "stages.finetune.max"))
     ]
-    proc = cli(
-        [
-            "experiment=repro_small",
-            *overrides,
-            "stages.pretrain.max_steps=2",
-            "stages.finetune.max_steps=2",
-            "only_variants=[mlp_clip,mlp_clip_no_stage1]",
-        ],
-        tmp_path,
-    )
+    command = [
+        "experiment=repro_small",
+        *overrides,
+        "stages.pretrain.max_steps=2",
+        "stages.finetune.max_steps=2",
+        "only_variants=[mlp_clip,mlp_clip_no_stage1]",
+        "variant_seeds=[0,1]",
+    ]
+    proc = cli(command, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
-    rows = json.loads((run / "comparison.json").read_text())
-    assert list(rows) == ["mlp_clip", "mlp_clip_no_stage1"]
+    saved = json.loads((run / "comparison.json").read_text())
+    rows = saved["variants"]
+    assert list(rows) == ["mlp_clip", "mlp_clip_no_stage1"] and saved["seeds"] == [0, 1]
     assert rows["mlp_clip_no_stage1"]["stage 1"] == "no"
     for name in rows:
-        results = json.loads((run / "eval" / name / "synthetic" / "results.json").read_text())
-        assert results["model"] == name and results["score"] == rows[name]["accuracy"]
-    assert not (run / "mlp_clip_no_stage1" / "pretrain").exists()
+        scores = []
+        for seed in (0, 1):
+            run_dir = run / name / f"seed-{seed}"
+            assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == seed
+            results = json.loads(
+                (run / "eval" / name / f"seed-{seed}" / "synthetic" / "results.json").read_text()
+            )
+            assert results["model"] == f"{name}-seed{seed}"
+            scores.append(results["score"])
+        overall = rows[name]["overall"]
+        assert overall["values"] == scores
+        assert overall["mean"] == pytest.approx(sum(scores) / 2)
+        # two seeds: t(0.975, 1) = 12.706 times |a - b| / 2
+        assert overall["half_width"] == pytest.approx(12.706 * abs(scores[0] - scores[1]) / 2, abs=1e-2)
+    assert not (run / "mlp_clip_no_stage1" / "seed-0" / "pretrain").exists()
     assert (run / "comparison.png").stat().st_size > 1000
+    prior = json.loads((run / "eval" / "text-only-prior" / "synthetic" / "results.json").read_text())
+    assert prior["baseline"] and saved["prior"]["overall"] == prior["score"]
+    scored = (run / "mlp_clip" / "seed-0" / "repro_scores.json").stat().st_mtime_ns
+    again = cli([*command, "variant_quick=true"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already trained") == 2  # seed 0 of each variant
+    assert (run / "mlp_clip" / "seed-0" / "repro_scores.json").stat().st_mtime_ns == scored
+    quick = json.loads((run / "comparison.json").read_text())
+    assert quick["seeds"] == [0] and quick["variants"]["mlp_clip"]["overall"]["half_width"] is None

@@ -68,3 +68,46 @@ def test_demo_suite_train_eval_prior_and_table(tmp_path):
         ["run-finetune", "ours"],
     ]
     assert all(r.split(",")[-1] for r in rows)  # every row has its overall average
+
+
+def test_repro_small_on_the_suite_scores_twelve_benchmarks_and_the_prior(tmp_path):
+    data = tmp_path / "suite"
+    run(
+        "cambrian_train",
+        [
+            "experiment=repro_small",
+            "only_variants=[mlp_clip]",
+            "variant_seeds=[0,1]",
+            "model/vision_tower@model.towers.clip=tiny_clip",
+            f"output_dir={tmp_path / 'run'}",
+            f"data.root={data}",
+            "data.synthetic.num_pretrain=16",
+            "data.synthetic.num_train=32",
+            "data.synthetic.num_test=2",
+            "stages.pretrain.max_steps=2",
+            "stages.finetune.max_steps=2",
+            "stages.pretrain.global_batch_size=4",
+            "stages.finetune.global_batch_size=4",
+            "stages.finetune.grad_accum_steps=1",
+            "logger.wandb=false",
+            "logger.progress_bar=false",
+        ],
+        tmp_path,
+    )
+    out = tmp_path / "run"
+    saved = json.loads((out / "comparison.json").read_text())
+    row = saved["variants"]["mlp_clip"]
+    assert len(row["columns"]) == 12
+    assert list(row["categories"]) == ["General", "Knowledge", "OCR & Chart", "Vision-Centric"]
+    vision = ("syn_spatial", "syn_count", "syn_relative_size", "syn_depth")
+    for seed in (0, 1):
+        folder = out / "eval" / "mlp_clip" / f"seed-{seed}"
+        scores = [json.loads((folder / b / "results.json").read_text())["score"] for b in vision]
+        assert row["categories"]["Vision-Centric"]["values"][seed] == pytest.approx(sum(scores) / 4)
+    # the prior's overall average as cambrian-tabulate computes it from the same results files
+    table = run(TABULATE, [str(out / "eval" / "text-only-prior"), "--format", "csv"], tmp_path)
+    header, prior_row = table.strip().splitlines()
+    assert prior_row.split(",")[0] == "text-only-prior"
+    assert saved["prior"]["overall"] == pytest.approx(float(prior_row.split(",")[-1]), abs=0.05)
+    md = (out / "comparison.md").read_text()
+    assert "| General | Knowledge | OCR & Chart | Vision-Centric | Overall |" in md
