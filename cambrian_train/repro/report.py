@@ -23,6 +23,7 @@ from cambrian_train.repro.stats import Estimate, estimate
 CONFIDENCE = 0.95
 OVERALL = "Overall"
 PRIOR = "text-only prior (train)"
+FORMAT_LABELS = {"short": "short answer", "mcq": "multiple choice"}
 
 
 @dataclass
@@ -32,17 +33,33 @@ class Scores:
     columns: Dict[str, float]
     categories: Dict[str, float] = field(default_factory=dict)
     overall: float = 0.0
+    # suite: the mean over benchmarks of each answer format's accuracy (short / mcq)
+    formats: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"columns": self.columns, "categories": self.categories, "overall": self.overall}
+        return {
+            "columns": self.columns,
+            "categories": self.categories,
+            "overall": self.overall,
+            "formats": self.formats,
+        }
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> Scores:
-        return cls(dict(raw["columns"]), dict(raw["categories"]), float(raw["overall"]))
+        return cls(
+            dict(raw["columns"]),
+            dict(raw["categories"]),
+            float(raw["overall"]),
+            dict(raw.get("formats", {})),
+        )
 
     def groups(self) -> Dict[str, float]:
         """What the summary table and chart show: categories (if any) and overall."""
         return {**self.categories, OVERALL: self.overall}
+
+    def summary(self) -> Dict[str, float]:
+        """The summary table's score columns: the groups, then the answer formats."""
+        return {**self.groups(), **{FORMAT_LABELS[f]: v for f, v in self.formats.items()}}
 
 
 def benchmark_names(cfg: TrainConfig) -> List[str]:
@@ -71,7 +88,12 @@ def benchmark_scores(results: Mapping[str, dict]) -> Scores:
         members.setdefault(get_benchmark(name).category, []).append(score)
     categories = {c: sum(members[c]) / len(members[c]) for c in PAPER_CATEGORIES if c in members}
     overall = sum(categories.values()) / len(categories)
-    return Scores(columns, categories, overall)
+    by_format: Dict[str, List[float]] = {}
+    for r in results.values():
+        for fmt, score in r["metrics"].get("by_format", {}).items():
+            by_format.setdefault(fmt, []).append(float(score))
+    formats = {f: sum(by_format[f]) / len(by_format[f]) for f in FORMAT_LABELS if f in by_format}
+    return Scores(columns, categories, overall, formats)
 
 
 def aggregate(runs: Sequence[Mapping]) -> dict:
@@ -88,6 +110,9 @@ def aggregate(runs: Sequence[Mapping]) -> dict:
             for c in first.categories
         },
         "overall": estimate([s.overall for s in scores], CONFIDENCE).to_dict(),
+        "formats": {
+            f: estimate([s.formats[f] for s in scores], CONFIDENCE).to_dict() for f in first.formats
+        },
     }
 
 
@@ -100,6 +125,11 @@ def row_groups(row: Mapping) -> Dict[str, Estimate]:
         **{c: _estimate(e) for c, e in row["categories"].items()},
         OVERALL: _estimate(row["overall"]),
     }
+
+
+def row_summary(row: Mapping) -> Dict[str, Estimate]:
+    formats = {FORMAT_LABELS[f]: _estimate(e) for f, e in row.get("formats", {}).items()}
+    return {**row_groups(row), **formats}
 
 
 def paired_differences(row: Mapping, reference: Mapping) -> Dict[str, Optional[Estimate]]:
@@ -133,20 +163,21 @@ def comparison_markdown(rows: Dict[str, dict], prior: Scores, seeds: Sequence[in
     if not rows:
         return "no variant was run\n"
     groups = list(prior.groups())
+    summary = list(prior.summary())
     lines = [
         f"Mean ± 95 % t-interval over seeds {list(seeds)} (t · s/√n; no interval for one seed). "
         "Scores in percent.",
         "",
     ]
-    header = ["variant", "connector", "towers", "stage 1", "trained towers", *groups, "train min"]
+    header = ["variant", "connector", "towers", "stage 1", "trained towers", *summary, "train min"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines.append(
-        "| " + " | ".join([PRIOR, "–", "–", "–", "–", *(f"{v:.1f}" for v in prior.groups().values()), "–"]) + " |"
-    )
+    prior_cells = [f"{v:.1f}" for v in prior.summary().values()]
+    lines.append("| " + " | ".join([PRIOR, "–", "–", "–", "–", *prior_cells, "–"]) + " |")
     for name, row in rows.items():
         minutes = [r["train_minutes"] for r in row["runs"].values() if r["train_minutes"]]
         cells = [name, row["connector"], row["towers"], row["stage 1"], row["trained towers"]]
-        cells += [_cell(e) for e in row_groups(row).values()]
+        mine = row_summary(row)
+        cells += [_cell(mine.get(column)) for column in summary]
         cells.append(f"{sum(minutes) / len(minutes):.1f}" if minutes else "–")
         lines.append("| " + " | ".join(cells) + " |")
     names = list(rows)

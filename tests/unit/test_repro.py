@@ -58,6 +58,20 @@ def test_suite_scores_average_categories_then_categories():
     assert scores.categories == pytest.approx({"General": 45.0, "Knowledge": 20.0, "Vision-Centric": 70.0})
     assert list(scores.categories) == ["General", "Knowledge", "Vision-Centric"]
     assert scores.overall == pytest.approx((45 + 20 + 70) / 3)  # not the mean of the six (53.3)
+    assert scores.formats == {}
+
+
+def test_suite_scores_average_each_answer_format_over_benchmarks():
+    results = {
+        "syn_objects": {"score": 50.0, "metrics": {"by_format": {"mcq": 40.0, "short": 60.0}}},
+        "syn_count": {"score": 30.0, "metrics": {"by_format": {"mcq": 20.0, "short": 40.0}}},
+        "syn_depth": {"score": 80.0, "metrics": {"by_format": {"short": 80.0}}},  # no MCQ item
+    }
+    scores = benchmark_scores(results)
+    assert scores.formats == pytest.approx({"short": 60.0, "mcq": 30.0})
+    assert list(scores.summary()) == [
+        "General", "Vision-Centric", "Overall", "short answer", "multiple choice"
+    ]
 
 
 def test_shapes_scores_use_question_types():
@@ -138,7 +152,6 @@ def test_repro_small_variants_compose(compose):
         "sva_clip": (["clip"], "sva", 0, both, [False]),
         "sva_clip_in_llm": (["clip"], "sva", 2, both, [False]),
         "mlp_dinov2": (["dinov2"], "mlp2x_gelu", 0, both, [False]),
-        "mlp_clip_siglip": (["clip", "siglip"], "mlp2x_gelu", 0, both, [False, False]),
         "mlp_clip_dinov2": (["clip", "dinov2"], "mlp2x_gelu", 0, both, [False, False]),
         "mlp_clip_siglip_dinov2": (
             ["clip", "siglip", "dinov2"], "mlp2x_gelu", 0, both, [False, False, False]
