@@ -21,6 +21,23 @@ def run(module, args, cwd):
     return proc.stdout
 
 
+def tiny_suite(data):
+    """Overrides for a two-step run on a suite of 2 test questions per task generated in data."""
+    return [
+        f"data.root={data}",
+        "data.synthetic.num_pretrain=16",
+        "data.synthetic.num_train=32",
+        "data.synthetic.num_test=2",
+        "stages.pretrain.max_steps=2",
+        "stages.finetune.max_steps=2",
+        "stages.pretrain.global_batch_size=4",
+        "stages.finetune.global_batch_size=4",
+        "stages.finetune.grad_accum_steps=1",
+        "logger.wandb=false",
+        "logger.progress_bar=false",
+    ]
+
+
 def test_demo_suite_train_eval_prior_and_table(tmp_path):
     data = tmp_path / "suite"
     run(
@@ -28,17 +45,7 @@ def test_demo_suite_train_eval_prior_and_table(tmp_path):
         [
             "experiment=demo_suite",
             f"output_dir={tmp_path / 'run'}",
-            f"data.root={data}",
-            "data.synthetic.num_pretrain=16",
-            "data.synthetic.num_train=32",
-            "data.synthetic.num_test=2",
-            "stages.pretrain.max_steps=2",
-            "stages.finetune.max_steps=2",
-            "stages.pretrain.global_batch_size=4",
-            "stages.finetune.global_batch_size=4",
-            "stages.finetune.grad_accum_steps=1",
-            "logger.wandb=false",
-            "logger.progress_bar=false",
+            *tiny_suite(data),
         ],
         tmp_path,
     )
@@ -80,17 +87,7 @@ def test_repro_small_on_the_suite_scores_twelve_benchmarks_and_the_prior(tmp_pat
             "variant_seeds=[0,1]",
             "model/vision_tower@model.towers.clip=tiny_clip",
             f"output_dir={tmp_path / 'run'}",
-            f"data.root={data}",
-            "data.synthetic.num_pretrain=16",
-            "data.synthetic.num_train=32",
-            "data.synthetic.num_test=2",
-            "stages.pretrain.max_steps=2",
-            "stages.finetune.max_steps=2",
-            "stages.pretrain.global_batch_size=4",
-            "stages.finetune.global_batch_size=4",
-            "stages.finetune.grad_accum_steps=1",
-            "logger.wandb=false",
-            "logger.progress_bar=false",
+            *tiny_suite(data),
         ],
         tmp_path,
     )
