@@ -85,9 +85,11 @@ class DeferredWeights:
 
     def state_to_load(self, model: nn.Module) -> Dict[str, torch.Tensor]:
         """{checkpoint name: the live (already sharded) parameter} for every parameter of the
-        submodule; a tied parameter is loaded once, under the name the checkpoint has."""
+        submodule; a tied parameter is loaded once, under the name the checkpoint has. Names are
+        matched after transformers' checkpoint renamings (``hf_renamings``)."""
         module = model.get_submodule(self.prefix)
-        available = set(self.checkpoint_keys())
+        stored = hf_renamings(module, self.checkpoint_keys(), self.checkpoint_dir)
+        available = set(stored)
         names: Dict[int, List[str]] = {}
         params: Dict[int, torch.Tensor] = {}
         for name, param in module.named_parameters(remove_duplicate=False):
@@ -100,7 +102,7 @@ class DeferredWeights:
         for key, aliases in names.items():
             found = [name for name in aliases if name in available]
             if found:
-                state[found[0]] = params[key]
+                state[stored[found[0]]] = params[key]
             else:
                 missing.append(aliases[0])
         if missing:
@@ -109,6 +111,36 @@ class DeferredWeights:
                 f"model.{self.prefix}, e.g. {missing[:3]} (names must match the model's state dict)"
             )
         return state
+
+
+def hf_renamings(module: nn.Module, keys: List[str], where: str) -> Dict[str, str]:
+    """{model parameter name: checkpoint name} of ``keys`` after the key renamings transformers
+    applies when ``from_pretrained`` loads this model class (``conversion_mapping``: e.g. a
+    DINOv2 checkpoint's ``attention.attention.query`` is the model's ``attention.q_proj``);
+    the identity for modules that are not transformers models. A checkpoint key that only a
+    tensor-changing conversion (fusing or splitting tensors) would load is an error: it cannot
+    be read slice by slice under its own name."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(module, PreTrainedModel):
+        return {key: key for key in keys}
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    transforms = get_model_conversion_mapping(module)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+    names: Dict[str, str] = {}
+    for key in keys:
+        renamed, converted_by = rename_source_key(key, renamings, converters)
+        if converted_by is not None:
+            raise ValueError(
+                f"{where}: tensor {key!r} needs transformers' weight conversion {converted_by!r} "
+                f"({type(module).__name__}), which sharded loading cannot apply; convert the "
+                "checkpoint once with from_pretrained + save_pretrained"
+            )
+        names[renamed] = key
+    return names
 
 
 def has_safetensors(checkpoint_dir: str) -> bool:

@@ -98,15 +98,20 @@ def test_a_missing_tensor_names_the_checkpoint(tmp_path):
         DeferredWeights("llm", str(tmp_path / "none")).checkpoint_keys()
 
 
-def test_training_build_equals_from_pretrained(compose, tiny_overrides):
+@pytest.mark.parametrize("extra_tower", [None, "tiny_dinov2"])
+def test_training_build_equals_from_pretrained(compose, tiny_overrides, extra_tower):
     """The deferred build + the cpu backend's load gives the from_pretrained LLM and HF towers
-    exactly; the connector (built fresh, seeded) is not deferred."""
-    cfg = compose(tiny_overrides)
+    exactly; the connector (built fresh, seeded) is not deferred. DINOv2 checkpoints name the
+    attention ``attention.attention.query`` where transformers 5's model says
+    ``attention.q_proj``: the deferred load applies from_pretrained's renamings."""
+    extra = [f"+model/vision_tower@model.towers.dino={extra_tower}"] if extra_tower else []
+    cfg = compose([*tiny_overrides, *extra])
     full = build_model(cfg.model)
     deferred = build_model(cfg.model, defer_weights=True)
     assert has_meta_parameters(deferred.llm) and has_meta_parameters(deferred.towers)
     assert not has_meta_parameters(deferred.connector)
-    assert [d.prefix for d in deferred.deferred_weights] == ["llm", "towers.clip.model"]
+    towers = ["towers.clip.model"] + (["towers.dino.model"] if extra_tower else [])
+    assert [d.prefix for d in deferred.deferred_weights] == ["llm", *towers]
     backend = build_backend(cfg.backend, cfg.mesh)
     deferred = backend.prepare_model(deferred)
     assert not deferred.deferred_weights and not has_meta_parameters(deferred)
