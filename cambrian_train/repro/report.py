@@ -230,8 +230,14 @@ def draw_chart(rows: Dict[str, dict], prior: Scores, path: Path) -> None:
         ax.bar(xs, means, width, yerr=errors, capsize=2, label=name, color=colours(i % 10))
     for g, group in enumerate(groups):
         value = prior.groups()[group]
-        ax.hlines(value, g - 0.45, g + 0.45, colors="black", linewidth=1.5,
-                  label=PRIOR if g == 0 else None)
+        ax.hlines(
+            value,
+            g - 0.45,
+            g + 0.45,
+            colors="black",
+            linewidth=1.5,
+            label=PRIOR if g == 0 else None,
+        )
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
@@ -242,9 +248,7 @@ def draw_chart(rows: Dict[str, dict], prior: Scores, path: Path) -> None:
     plt.close(fig)
 
 
-def write_comparison(
-    rows: Dict[str, dict], prior: Scores, out: str, seeds: Sequence[int]
-) -> str:
+def write_comparison(rows: Dict[str, dict], prior: Scores, out: str, seeds: Sequence[int]) -> str:
     """``comparison.md`` (tables), ``comparison.json`` (rows and prior) and ``comparison.png``
     (chart; drawn in ``out``'s local mirror and uploaded when ``out`` is a URL). → the tables."""
     import logging
@@ -259,5 +263,7 @@ def write_comparison(
     draw_chart(rows, prior, local)
     if storage.is_url(str(out)):
         storage.upload(local, storage.join(out, "comparison.png"))
-    logging.getLogger(__name__).info("comparison (%s):\n%s", storage.join(out, "comparison.md"), table)
+    logging.getLogger(__name__).info(
+        "comparison (%s):\n%s", storage.join(out, "comparison.md"), table
+    )
     return table

@@ -119,7 +119,9 @@ def run_variants(
     seeds = run_seeds(cfg)
     # every run composes (and is validated) before the first one trains
     plans = {
-        (name, seed): compose(variant_overrides(base_overrides, cfg.variants[name], out, name, seed))
+        (name, seed): compose(
+            variant_overrides(base_overrides, cfg.variants[name], out, name, seed)
+        )
         for name in names
         for seed in seeds
     }

@@ -127,10 +127,14 @@ def test_variants_train_evaluate_and_compare(tiny_overrides, tmp_path):
         assert overall["values"] == scores
         assert overall["mean"] == pytest.approx(sum(scores) / 2)
         # two seeds: t(0.975, 1) = 12.706 times |a - b| / 2
-        assert overall["half_width"] == pytest.approx(12.706 * abs(scores[0] - scores[1]) / 2, abs=1e-2)
+        assert overall["half_width"] == pytest.approx(
+            12.706 * abs(scores[0] - scores[1]) / 2, abs=1e-2
+        )
     assert not (run / "mlp_clip_no_stage1" / "seed-0" / "pretrain").exists()
     assert (run / "comparison.png").stat().st_size > 1000
-    prior = json.loads((run / "eval" / "text-only-prior" / "synthetic" / "results.json").read_text())
+    prior = json.loads(
+        (run / "eval" / "text-only-prior" / "synthetic" / "results.json").read_text()
+    )
     assert prior["baseline"] and saved["prior"]["overall"] == prior["score"]
     scored = (run / "mlp_clip" / "seed-0" / "repro_scores.json").stat().st_mtime_ns
     again = cli([*command, "variant_quick=true"], tmp_path)

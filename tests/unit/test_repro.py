@@ -55,7 +55,9 @@ def test_suite_scores_average_categories_then_categories():
     }
     scores = benchmark_scores(results)
     # General (30+60)/2 = 45, Knowledge 20, Vision-Centric (50+90+70)/3 = 70
-    assert scores.categories == pytest.approx({"General": 45.0, "Knowledge": 20.0, "Vision-Centric": 70.0})
+    assert scores.categories == pytest.approx(
+        {"General": 45.0, "Knowledge": 20.0, "Vision-Centric": 70.0}
+    )
     assert list(scores.categories) == ["General", "Knowledge", "Vision-Centric"]
     assert scores.overall == pytest.approx((45 + 20 + 70) / 3)  # not the mean of the six (53.3)
     assert scores.formats == {}
@@ -70,7 +72,11 @@ def test_suite_scores_average_each_answer_format_over_benchmarks():
     scores = benchmark_scores(results)
     assert scores.formats == pytest.approx({"short": 60.0, "mcq": 30.0})
     assert list(scores.summary()) == [
-        "General", "Vision-Centric", "Overall", "short answer", "multiple choice"
+        "General",
+        "Vision-Centric",
+        "Overall",
+        "short answer",
+        "multiple choice",
     ]
 
 
@@ -82,18 +88,29 @@ def test_shapes_scores_use_question_types():
 
 def _row(seed_scores, **extra):
     seeds = list(range(len(seed_scores)))
-    runs = {str(s): {"checkpoint": f"c{s}", "train_minutes": 2.0, "scores": sc.to_dict()}
-            for s, sc in zip(seeds, seed_scores)}
+    runs = {
+        str(s): {"checkpoint": f"c{s}", "train_minutes": 2.0, "scores": sc.to_dict()}
+        for s, sc in zip(seeds, seed_scores)
+    }
     return {
-        "connector": "mlp2x_gelu", "towers": "clip", "stage 1": "yes", "trained towers": "none",
-        "seeds": seeds, "runs": runs, **aggregate([sc.to_dict() for sc in seed_scores]), **extra,
+        "connector": "mlp2x_gelu",
+        "towers": "clip",
+        "stage 1": "yes",
+        "trained towers": "none",
+        "seeds": seeds,
+        "runs": runs,
+        **aggregate([sc.to_dict() for sc in seed_scores]),
+        **extra,
     }
 
 
 def test_tables_intervals_and_paired_differences(tmp_path):
     def s(general, vision):
-        return Scores({"a": general, "b": vision}, {"General": general, "Vision-Centric": vision},
-                      (general + vision) / 2)
+        return Scores(
+            {"a": general, "b": vision},
+            {"General": general, "Vision-Centric": vision},
+            (general + vision) / 2,
+        )
 
     base = _row([s(40, 60), s(44, 62), s(42, 64)])
     other = _row([s(41, 70), s(46, 71), s(45, 75)], connector="sva")
@@ -101,11 +118,15 @@ def test_tables_intervals_and_paired_differences(tmp_path):
     rows = {"mlp": base, "sva": other}
     table = comparison_markdown(rows, prior, [0, 1, 2])
     lines = table.splitlines()
-    assert "| variant | connector | towers | stage 1 | trained towers | General | Vision-Centric | Overall | train min |" in lines
+    header = "| variant | connector | towers | stage 1 | trained towers | General |"
+    assert header + " Vision-Centric | Overall | train min |" in lines
     assert "| text-only prior (train) | – | – | – | – | 20.0 | 39.0 | 29.5 | – |" in lines
     # mlp General: 42 ± 4.303 * 2 / sqrt(3) = 5.0; Vision-Centric 62 ± 5.0; overall 50, 53, 53:
     # s = sqrt(3), so 52 ± 4.303
-    assert "| mlp | mlp2x_gelu | clip | yes | none | 42.0 ± 5.0 | 62.0 ± 5.0 | 52.0 ± 4.3 | 2.0 |" in lines
+    assert (
+        "| mlp | mlp2x_gelu | clip | yes | none | 42.0 ± 5.0 | 62.0 ± 5.0 | 52.0 ± 4.3 | 2.0 |"
+        in lines
+    )
     # paired: General diffs 1, 2, 3 -> 2 ± 4.303 * 1 / sqrt(3) = 2.5; Vision-Centric 10, 9, 11
     # -> 10 ± 2.5; overall 5.5, 5.5, 7 -> 6 ± 4.303 * sqrt(0.75) / sqrt(3) = 2.2
     diffs = paired_differences(other, base)
@@ -154,7 +175,11 @@ def test_repro_small_variants_compose(compose):
         "mlp_dinov2": (["dinov2"], "mlp2x_gelu", 0, both, [False]),
         "mlp_clip_dinov2": (["clip", "dinov2"], "mlp2x_gelu", 0, both, [False, False]),
         "mlp_clip_siglip_dinov2": (
-            ["clip", "siglip", "dinov2"], "mlp2x_gelu", 0, both, [False, False, False]
+            ["clip", "siglip", "dinov2"],
+            "mlp2x_gelu",
+            0,
+            both,
+            [False, False, False],
         ),
         "mlp_clip_no_stage1": (["clip"], "mlp2x_gelu", 0, ["finetune"], [False]),
         "mlp_clip_trained": (["clip"], "mlp2x_gelu", 0, both, [True]),
