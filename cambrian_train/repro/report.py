@@ -12,6 +12,7 @@ t-interval (stats.py), and its paired difference from the first variant over the
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -19,6 +20,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 from cambrian_train import storage
 from cambrian_train.config.schema import TrainConfig
 from cambrian_train.repro.stats import Estimate, estimate
+
+log = logging.getLogger(__name__)
 
 CONFIDENCE = 0.95
 OVERALL = "Overall"
@@ -116,19 +119,15 @@ def aggregate(runs: Sequence[Mapping]) -> dict:
     }
 
 
-def _estimate(raw: Mapping) -> Estimate:
-    return Estimate(raw["mean"], raw["half_width"], list(raw["values"]))
-
-
 def row_groups(row: Mapping) -> Dict[str, Estimate]:
     return {
-        **{c: _estimate(e) for c, e in row["categories"].items()},
-        OVERALL: _estimate(row["overall"]),
+        **{c: Estimate.from_dict(e) for c, e in row["categories"].items()},
+        OVERALL: Estimate.from_dict(row["overall"]),
     }
 
 
 def row_summary(row: Mapping) -> Dict[str, Estimate]:
-    formats = {FORMAT_LABELS[f]: _estimate(e) for f, e in row.get("formats", {}).items()}
+    formats = {FORMAT_LABELS[f]: Estimate.from_dict(e) for f, e in row.get("formats", {}).items()}
     return {**row_groups(row), **formats}
 
 
@@ -204,7 +203,7 @@ def comparison_markdown(rows: Dict[str, dict], prior: Scores, seeds: Sequence[in
         "| " + " | ".join([PRIOR, *(f"{prior.columns[c]:.1f}" for c in columns)]) + " |",
     ]
     for name, row in rows.items():
-        cells = [_cell(_estimate(row["columns"][c])) for c in columns]
+        cells = [_cell(Estimate.from_dict(row["columns"][c])) for c in columns]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -251,8 +250,6 @@ def draw_chart(rows: Dict[str, dict], prior: Scores, path: Path) -> None:
 def write_comparison(rows: Dict[str, dict], prior: Scores, out: str, seeds: Sequence[int]) -> str:
     """``comparison.md`` (tables), ``comparison.json`` (rows and prior) and ``comparison.png``
     (chart; drawn in ``out``'s local mirror and uploaded when ``out`` is a URL). → the tables."""
-    import logging
-
     table = comparison_markdown(rows, prior, seeds)
     storage.write_text(storage.join(out, "comparison.md"), table)
     storage.write_text(

@@ -69,6 +69,10 @@ class Estimate:
             "values": list(self.values),
         }
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> Estimate:
+        return cls(raw["mean"], raw["half_width"], list(raw["values"]))
+
     def format(self, digits: int = 1) -> str:
         """``61.3 ± 2.4`` (``61.3`` for one seed)."""
         if self.half_width is None:

@@ -159,20 +159,22 @@ def train_and_score(variant: TrainConfig, cfg: TrainConfig, out: str, name: str,
         results = run(variant)
         train_minutes = round((time.perf_counter() - start) / 60, 2)
     checkpoint = results["stages"][variant.run_stages[-1]]["checkpoint"]
-    scores = score_checkpoint(checkpoint, variant, storage.join(out, "eval", name, f"seed-{seed}"))
-    if train_minutes is None:  # keep the time measured when it was trained
-        train_minutes = scores.get("train_minutes")
-    else:
-        scores["train_minutes"] = train_minutes
-        storage.write_text(
-            storage.join(variant.output_dir, SCORES_FILE), json.dumps(scores, indent=2)
-        )
-    return {"checkpoint": checkpoint, "train_minutes": train_minutes, "scores": scores["scores"]}
+    out_dir = storage.join(out, "eval", name, f"seed-{seed}")
+    scores = score_checkpoint(checkpoint, variant, out_dir, train_minutes)
+    return {
+        "checkpoint": checkpoint,
+        "train_minutes": scores.get("train_minutes"),
+        "scores": scores["scores"],
+    }
 
 
-def score_checkpoint(checkpoint: str, cfg: TrainConfig, out: str) -> dict:
+def score_checkpoint(
+    checkpoint: str, cfg: TrainConfig, out: str, train_minutes: Optional[float]
+) -> dict:
     """The benchmarks of ``data.test_path`` (report.benchmark_names) through the cambrian-eval
-    runner; reuses ``repro_scores.json`` written for the same checkpoint and limit."""
+    runner. ``train_minutes`` None: the run was trained by an earlier command, whose
+    ``repro_scores.json`` (for the same checkpoint and limit) is reused; otherwise the run was
+    trained just now and is always scored afresh."""
     from cambrian_train.eval.benchmarks import get_benchmark
     from cambrian_train.eval.runner import Decoding, run_benchmark
     from cambrian_train.infer.load import load_pretrained
@@ -181,7 +183,7 @@ def score_checkpoint(checkpoint: str, cfg: TrainConfig, out: str) -> dict:
     cache = storage.join(cfg.output_dir, SCORES_FILE)
     names = benchmark_names(cfg)
     key = {"checkpoint": checkpoint, "limit": cfg.eval.max_samples, "benchmarks": names}
-    if storage.exists(cache):
+    if train_minutes is None and storage.exists(cache):
         cached = json.loads(storage.read_text(cache))
         if all(cached.get(k) == v for k, v in key.items()):
             return cached
@@ -200,7 +202,7 @@ def score_checkpoint(checkpoint: str, cfg: TrainConfig, out: str) -> dict:
             decoding=Decoding(max_new_tokens=cfg.eval.max_new_tokens),
             limit=cfg.eval.max_samples,
         )
-    scores = {**key, "scores": benchmark_scores(results).to_dict()}
+    scores = {**key, "train_minutes": train_minutes, "scores": benchmark_scores(results).to_dict()}
     storage.write_text(cache, json.dumps(scores, indent=2))
     return scores
 
