@@ -38,6 +38,8 @@ class Scores:
     overall: float = 0.0
     # suite: the mean over benchmarks of each answer format's accuracy (short / mcq)
     formats: Dict[str, float] = field(default_factory=dict)
+    # suite: each benchmark's accuracy per answer format (benchmark → format → score)
+    column_formats: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -45,6 +47,7 @@ class Scores:
             "categories": self.categories,
             "overall": self.overall,
             "formats": self.formats,
+            "column_formats": self.column_formats,
         }
 
     @classmethod
@@ -54,6 +57,7 @@ class Scores:
             dict(raw["categories"]),
             float(raw["overall"]),
             dict(raw.get("formats", {})),
+            {c: dict(f) for c, f in raw.get("column_formats", {}).items()},
         )
 
     def groups(self) -> Dict[str, float]:
@@ -91,12 +95,17 @@ def benchmark_scores(results: Mapping[str, dict]) -> Scores:
         members.setdefault(get_benchmark(name).category, []).append(score)
     categories = {c: sum(members[c]) / len(members[c]) for c in PAPER_CATEGORIES if c in members}
     overall = sum(categories.values()) / len(categories)
+    column_formats = {
+        name: {f: float(r["metrics"]["by_format"][f]) for f in FORMAT_LABELS if f in by_format}
+        for name, r in results.items()
+        for by_format in [r["metrics"].get("by_format", {})]
+    }
     by_format: Dict[str, List[float]] = {}
-    for r in results.values():
-        for fmt, score in r["metrics"].get("by_format", {}).items():
-            by_format.setdefault(fmt, []).append(float(score))
+    for scores in column_formats.values():
+        for fmt, score in scores.items():
+            by_format.setdefault(fmt, []).append(score)
     formats = {f: sum(by_format[f]) / len(by_format[f]) for f in FORMAT_LABELS if f in by_format}
-    return Scores(columns, categories, overall, formats)
+    return Scores(columns, categories, overall, formats, column_formats)
 
 
 def aggregate(runs: Sequence[Mapping]) -> dict:
@@ -115,6 +124,13 @@ def aggregate(runs: Sequence[Mapping]) -> dict:
         "overall": estimate([s.overall for s in scores], CONFIDENCE).to_dict(),
         "formats": {
             f: estimate([s.formats[f] for s in scores], CONFIDENCE).to_dict() for f in first.formats
+        },
+        "column_formats": {
+            c: {
+                f: estimate([s.column_formats[c][f] for s in scores], CONFIDENCE).to_dict()
+                for f in formats
+            }
+            for c, formats in first.column_formats.items()
         },
     }
 
@@ -157,8 +173,8 @@ def _cell(value: Optional[Estimate], signed: bool = False) -> str:
 
 
 def comparison_markdown(rows: Dict[str, dict], prior: Scores, seeds: Sequence[int]) -> str:
-    """Three tables: summary (groups, with the prior first), paired differences from the first
-    variant, and every column."""
+    """Up to four tables: summary (groups, with the prior first), paired differences from the
+    first variant, every column, and every column per answer format (the suite)."""
     if not rows:
         return "no variant was run\n"
     groups = list(prior.groups())
@@ -205,7 +221,33 @@ def comparison_markdown(rows: Dict[str, dict], prior: Scores, seeds: Sequence[in
     for name, row in rows.items():
         cells = [_cell(Estimate.from_dict(row["columns"][c])) for c in columns]
         lines.append("| " + " | ".join([name, *cells]) + " |")
+    if prior.column_formats:
+        lines += format_table(rows, prior, columns)
     return "\n".join(lines) + "\n"
+
+
+def format_table(rows: Dict[str, dict], prior: Scores, columns: Sequence[str]) -> List[str]:
+    """Every column as "short answer / multiple choice" (means over seeds; "–" where a row has
+    no split): a format at chance while the other is not shows what the model cannot answer."""
+
+    def pair(values: Mapping[str, float]) -> str:
+        return " / ".join(f"{values[f]:.1f}" if f in values else "–" for f in FORMAT_LABELS)
+
+    lines = [
+        "",
+        "Per benchmark and answer format: " + " / ".join(FORMAT_LABELS.values()) + " (means).",
+        "",
+        "| variant | " + " | ".join(columns) + " |",
+        "|" + "---|" * (len(columns) + 1),
+        "| "
+        + " | ".join([PRIOR, *(pair(prior.column_formats.get(c, {})) for c in columns)])
+        + " |",
+    ]
+    for name, row in rows.items():
+        split = row.get("column_formats", {})
+        means = {c: {f: e["mean"] for f, e in split.get(c, {}).items()} for c in columns}
+        lines.append("| " + " | ".join([name, *(pair(means[c]) for c in columns)]) + " |")
+    return lines
 
 
 def draw_chart(rows: Dict[str, dict], prior: Scores, path: Path) -> None:

@@ -38,6 +38,7 @@ from cambrian_train.repro.report import (
 log = logging.getLogger(__name__)
 
 SCORES_FILE = "repro_scores.json"
+SCORES_FORMAT = 2  # 2: per-benchmark answer-format scores (an older file is scored again)
 # keys a variant's overrides may not set: the seed loop sets them
 RUN_KEYS = ("output_dir", "name", "seed")
 
@@ -182,7 +183,12 @@ def score_checkpoint(
 
     cache = storage.join(cfg.output_dir, SCORES_FILE)
     names = benchmark_names(cfg)
-    key = {"checkpoint": checkpoint, "limit": cfg.eval.max_samples, "benchmarks": names}
+    key = {
+        "checkpoint": checkpoint,
+        "limit": cfg.eval.max_samples,
+        "benchmarks": names,
+        "format": SCORES_FORMAT,
+    }
     if train_minutes is None and storage.exists(cache):
         cached = json.loads(storage.read_text(cache))
         if all(cached.get(k) == v for k, v in key.items()):

@@ -71,6 +71,8 @@ def test_suite_scores_average_each_answer_format_over_benchmarks():
     }
     scores = benchmark_scores(results)
     assert scores.formats == pytest.approx({"short": 60.0, "mcq": 30.0})
+    assert scores.column_formats["syn_depth"] == {"short": 80.0}
+    assert Scores.from_dict(scores.to_dict()) == scores
     assert list(scores.summary()) == [
         "General",
         "Vision-Centric",
@@ -208,3 +210,26 @@ def test_unknown_only_variant_is_an_error(compose):
     cfg = compose(["experiment=repro_small", "only_variants=[nope]"])
     with pytest.raises(ValueError, match=r"only_variants=\['nope'\]"):
         run_variants(cfg, [], lambda overrides: cfg)
+
+
+def test_format_table_shows_each_benchmark_per_answer_format():
+    def s(short, mcq):
+        return Scores(
+            {"syn_count": (short + mcq) / 2},
+            {"Vision-Centric": (short + mcq) / 2},
+            (short + mcq) / 2,
+            {"short": short, "mcq": mcq},
+            {"syn_count": {"short": short, "mcq": mcq}},
+        )
+
+    row = _row([s(90, 20), s(80, 30)])
+    # means over the two seeds: short (90 + 80) / 2 = 85, mcq (20 + 30) / 2 = 25
+    assert row["column_formats"]["syn_count"]["short"]["values"] == [90, 80]
+    prior = Scores({"syn_count": 10.0}, {"Vision-Centric": 10.0}, 10.0, {}, {"syn_count": {}})
+    prior.column_formats = {"syn_count": {"mcq": 25.0}}
+    lines = comparison_markdown({"mlp": row}, prior, [0, 1]).splitlines()
+    assert "| text-only prior (train) | – / 25.0 |" in lines
+    assert "| mlp | 85.0 / 25.0 |" in lines
+    # a row scored before the split existed has no column_formats: dashes, not an error
+    old = {k: v for k, v in row.items() if k != "column_formats"}
+    assert "| old | – / – |" in comparison_markdown({"old": old}, prior, [0, 1]).splitlines()
