@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 from cambrian_train import storage
 from cambrian_train.config.schema import TrainConfig
@@ -150,32 +149,30 @@ def train_and_score(variant: TrainConfig, cfg: TrainConfig, out: str, name: str,
 
     results_file = storage.join(variant.output_dir, "results.json")
     earlier = json.loads(storage.read_text(results_file)) if storage.exists(results_file) else None
-    train_minutes: Optional[float] = None
-    if earlier and set(variant.run_stages) <= set(earlier["stages"]):
+    trained_now = not (earlier and set(variant.run_stages) <= set(earlier["stages"]))
+    if trained_now:
+        log.info("%s seed %d: %s", name, seed, " ".join(cfg.variants[name]) or "(base config)")
+        results = run(variant)
+    else:
         log.info("%s seed %d: already trained (%s)", name, seed, results_file)
         results = earlier
-    else:
-        log.info("%s seed %d: %s", name, seed, " ".join(cfg.variants[name]) or "(base config)")
-        start = time.perf_counter()
-        results = run(variant)
-        train_minutes = round((time.perf_counter() - start) / 60, 2)
     checkpoint = results["stages"][variant.run_stages[-1]]["checkpoint"]
     out_dir = storage.join(out, "eval", name, f"seed-{seed}")
-    scores = score_checkpoint(checkpoint, variant, out_dir, train_minutes)
+    scores = score_checkpoint(checkpoint, variant, out_dir, trained_now)
+    # the training stages' own time (results.json), the same whichever command trained them
+    seconds = sum(results["stages"][stage].get("seconds", 0.0) for stage in variant.run_stages)
     return {
         "checkpoint": checkpoint,
-        "train_minutes": scores.get("train_minutes"),
+        "train_minutes": round(seconds / 60, 2),
         "scores": scores["scores"],
     }
 
 
-def score_checkpoint(
-    checkpoint: str, cfg: TrainConfig, out: str, train_minutes: Optional[float]
-) -> dict:
+def score_checkpoint(checkpoint: str, cfg: TrainConfig, out: str, trained_now: bool) -> dict:
     """The benchmarks of ``data.test_path`` (report.benchmark_names) through the cambrian-eval
-    runner. ``train_minutes`` None: the run was trained by an earlier command, whose
-    ``repro_scores.json`` (for the same checkpoint and limit) is reused; otherwise the run was
-    trained just now and is always scored afresh."""
+    runner. A run trained just now is always scored afresh; one trained by an earlier command
+    reuses its ``repro_scores.json`` when that holds the same checkpoint, limit, benchmarks and
+    SCORES_FORMAT."""
     from cambrian_train.eval.benchmarks import get_benchmark
     from cambrian_train.eval.runner import Decoding, run_benchmark
     from cambrian_train.infer.load import load_pretrained
@@ -189,7 +186,7 @@ def score_checkpoint(
         "benchmarks": names,
         "format": SCORES_FORMAT,
     }
-    if train_minutes is None and storage.exists(cache):
+    if not trained_now and storage.exists(cache):
         cached = json.loads(storage.read_text(cache))
         if all(cached.get(k) == v for k, v in key.items()):
             return cached
@@ -208,7 +205,7 @@ def score_checkpoint(
             decoding=Decoding(max_new_tokens=cfg.eval.max_new_tokens),
             limit=cfg.eval.max_samples,
         )
-    scores = {**key, "train_minutes": train_minutes, "scores": benchmark_scores(results).to_dict()}
+    scores = {**key, "scores": benchmark_scores(results).to_dict()}
     storage.write_text(cache, json.dumps(scores, indent=2))
     return scores
 

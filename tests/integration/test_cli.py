@@ -123,6 +123,10 @@ def test_variants_train_evaluate_and_compare(tiny_overrides, tmp_path):
             )
             assert results["model"] == f"{name}-seed{seed}"
             scores.append(results["score"])
+            stages = json.loads((run_dir / "results.json").read_text())["stages"]
+            minutes = sum(stage["seconds"] for stage in stages.values()) / 60
+            run_row = rows[name]["runs"][str(seed)]
+            assert run_row["train_minutes"] == pytest.approx(minutes, abs=0.01)
         overall = rows[name]["overall"]
         assert overall["values"] == scores
         assert overall["mean"] == pytest.approx(sum(scores) / 2)
@@ -143,3 +147,8 @@ def test_variants_train_evaluate_and_compare(tiny_overrides, tmp_path):
     assert (run / "mlp_clip" / "seed-0" / "repro_scores.json").stat().st_mtime_ns == scored
     quick = json.loads((run / "comparison.json").read_text())
     assert quick["seeds"] == [0] and quick["variants"]["mlp_clip"]["overall"]["half_width"] is None
+    # not trained by this command: the time still comes from the run's results.json
+    assert (
+        quick["variants"]["mlp_clip"]["runs"]["0"]["train_minutes"]
+        == (rows["mlp_clip"]["runs"]["0"]["train_minutes"])
+    )
