@@ -15,8 +15,10 @@ tower) and ``timm_vit`` (timm ViT with a CLS and two register tokens).
 Pre-trained assets ``clip_pt``, ``siglip_pt``, ``dinov2_pt`` and ``convnext_pt``: the same
 towers after pre-training on synthetic scenes with their families' objectives
 (cambrian_train/vision_pretrain/; about a minute each on one core), saved in the same layouts.
+``llama_pt``: the tiny Llama after pre-training on text drills (option letters, short answers,
+word classes, sums, word counts; cambrian_train/llm_pretrain/), saved like ``llama``.
 Their directory names carry a digest of the recipe, so a changed recipe (or a reduced budget,
-``$CAMBRIAN_TINY_PRETRAIN_STEPS`` steps per tower, as the tests use) never reuses another's.
+``$CAMBRIAN_TINY_PRETRAIN_STEPS`` steps per model, as the tests use) never reuses another's.
 """
 
 from __future__ import annotations
@@ -258,12 +260,20 @@ def _pretrained_family(name: str) -> str | None:
     return family if name.endswith("_pt") and family in PRETRAINED_FAMILIES else None
 
 
+# the tiny Llama after text-drill pre-training (cambrian_train/llm_pretrain/)
+LLM_PRETRAINED = "llama_pt"
+
+
 def asset_names() -> list[str]:
-    return sorted(BUILDERS) + [f"{family}_pt" for family in PRETRAINED_FAMILIES]
+    return sorted(BUILDERS) + [f"{family}_pt" for family in PRETRAINED_FAMILIES] + [LLM_PRETRAINED]
 
 
 def _asset_dir_name(name: str) -> str:
     """``name`` for a random-init asset; ``<name>-<recipe digest>`` for a pre-trained one."""
+    if name == LLM_PRETRAINED:
+        from cambrian_train.llm_pretrain import train as llm
+
+        return f"{name}-{llm.recipe_digest(llm.recipe_with(pretrain_steps_override()))}"
     family = _pretrained_family(name)
     if family is None:
         return name
@@ -273,6 +283,16 @@ def _asset_dir_name(name: str) -> str:
 
 
 def _builder(name: str) -> Callable[[Path], None]:
+    if name == LLM_PRETRAINED:
+        from cambrian_train.llm_pretrain.train import pretrain_llm, recipe_with
+
+        recipe = recipe_with(pretrain_steps_override())
+
+        def build_llm(out: Path) -> None:
+            log.info("pre-training the tiny Llama on text drills (once; cached under %s)", tiny_root())
+            pretrain_llm(out, ensure_asset("llama"), recipe)
+
+        return build_llm
     family = _pretrained_family(name)
     if family is None:
         return BUILDERS[name]
@@ -293,7 +313,7 @@ def ensure_asset(name: str) -> str:
     Builds into a temporary directory renamed into place, under a file lock, so concurrent
     processes (torchrun ranks, pytest workers) never see a half-written checkpoint.
     """
-    if name not in BUILDERS and _pretrained_family(name) is None:
+    if name not in BUILDERS and _pretrained_family(name) is None and name != LLM_PRETRAINED:
         raise ValueError(f"tiny asset {name!r} is not one of {asset_names()}")
     root = tiny_root()
     dir_name = _asset_dir_name(name)
