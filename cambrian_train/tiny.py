@@ -289,7 +289,9 @@ def _builder(name: str) -> Callable[[Path], None]:
         recipe = recipe_with(pretrain_steps_override())
 
         def build_llm(out: Path) -> None:
-            log.info("pre-training the tiny Llama on text drills (once; cached under %s)", tiny_root())
+            log.info(
+                "pre-training the tiny Llama on text drills (once; cached under %s)", tiny_root()
+            )
             pretrain_llm(out, ensure_asset("llama"), recipe)
 
         return build_llm

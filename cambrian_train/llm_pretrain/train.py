@@ -114,7 +114,9 @@ def drill_accuracy(model, tokenizer, count: int, seed: int = HELD_OUT_SEED) -> D
     for start in range(0, count, 100):
         chunk = drills[start : start + 100]
         inputs = batch(tokenizer, chunk)
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        logits = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        ).logits
         predicted = logits[:, :-1].argmax(-1)
         target = inputs["labels"][:, 1:]
         supervised = target != IGNORE

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from cambrian_train.llm_pretrain.drills import CLASSES, DRILLS, drill
 
 OPTION = re.compile(r"^([A-D])\. (.+)$")
@@ -32,7 +30,9 @@ def expected(kind, question, options):
         value = re.search(r" is (\S+)\?$", body).group(1)
     else:  # category: the one listed word of the named class
         name = re.search(r" is an? (.+)\?$", body).group(1)
-        listed = list(options.values()) or re.search(r"Which of (.+) is an? ", body).group(1).split(", ")
+        listed = list(options.values()) or re.search(r"Which of (.+) is an? ", body).group(1).split(
+            ", "
+        )
         members = [w for w in listed if w in CLASSES[name]]
         assert len(members) == 1, (body, members)
         value = members[0]
