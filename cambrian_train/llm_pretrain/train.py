@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 from cambrian_train.data.templates import Turn, get_template
 from cambrian_train.llm_pretrain.drills import DRILLS, drill
+from cambrian_train.train.optim import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,10 @@ def batch(tokenizer, drills: Sequence[Tuple[str, str, str]]) -> Dict[str, torch.
 
 
 def lr_at(recipe: Recipe, step: int) -> float:
+    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0 (the VLM
+    trainer's schedule, train/optim.py)."""
     warmup = max(1, round(recipe.warmup_frac * recipe.steps))
-    if step < warmup:
-        return recipe.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, recipe.steps - warmup)
-    return recipe.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return recipe.lr * lr_factor(step, recipe.steps, warmup, "cosine")
 
 
 def loss_of(model, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:

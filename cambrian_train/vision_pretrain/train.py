@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from cambrian_train.train.optim import lr_factor
 from cambrian_train.vision_pretrain.scenes import (
     CONTEXT_LENGTH,
     captions_of,
@@ -103,12 +103,10 @@ def build_model(family: str, recipe: Recipe):
 
 
 def lr_at(recipe: Recipe, step: int) -> float:
-    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0."""
+    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0 (the VLM
+    trainer's schedule, train/optim.py)."""
     warmup = max(1, round(recipe.warmup_frac * recipe.steps))
-    if step < warmup:
-        return recipe.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, recipe.steps - warmup)
-    return recipe.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return recipe.lr * lr_factor(step, recipe.steps, warmup, "cosine")
 
 
 def train(model, tokenizer, recipe: Recipe, log_every: int = 50) -> List[float]:
