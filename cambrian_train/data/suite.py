@@ -58,13 +58,19 @@ def validate_suite(cfg: SyntheticConfig) -> None:
         raise ValueError(f"synthetic.mcq_fraction must be in [0, 1], got {cfg.mcq_fraction}")
 
 
+def format_prompt(text: str, answer: str, options) -> tuple[str, str]:
+    """(``text`` with its options lettered A-D and the fixed instruction, gold answer: the
+    option's letter, or ``answer`` itself with the short-answer instruction when no options)."""
+    if not options:
+        return f"{text} {SHORT_INSTRUCTION}", answer
+    lines = [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
+    return "\n".join([text, *lines, MCQ_INSTRUCTION]), LETTERS[list(options).index(answer)]
+
+
 def question_prompt(question: Question) -> tuple[str, str, list[str]]:
     """(question text with its options and fixed instruction, gold answer, options)."""
-    if not question.options:
-        return f"{question.text} {SHORT_INSTRUCTION}", question.answer, []
-    lines = [f"{LETTERS[i]}. {option}" for i, option in enumerate(question.options)]
-    letter = LETTERS[question.options.index(question.answer)]
-    return "\n".join([question.text, *lines, MCQ_INSTRUCTION]), letter, list(question.options)
+    prompt, gold = format_prompt(question.text, question.answer, question.options)
+    return prompt, gold, list(question.options)
 
 
 def _rng(seed: int, split: str, key: str) -> random.Random:

@@ -25,7 +25,7 @@ import random
 from typing import Callable, Dict, List, Tuple
 
 from cambrian_train.data import suite_render as render
-from cambrian_train.data.suite import LETTERS, MCQ_INSTRUCTION, SHORT_INSTRUCTION
+from cambrian_train.data.suite import LETTERS, format_prompt
 from cambrian_train.data.suite_tasks import NUMBER_WORDS, WORDS
 from cambrian_train.data.synthetic import COLORS
 
@@ -37,15 +37,6 @@ CLASSES: Dict[str, Tuple[str, ...]] = {
 }
 VOCABULARY = tuple(w for words in CLASSES.values() for w in words)
 MCQ_FRACTION = 0.5
-
-
-def format_question(text: str, answer: str, options: List[str]) -> Tuple[str, str]:
-    """(prompt, answer) in the suite's layout: options lettered A-D and the letter as answer,
-    or the short-answer instruction when ``options`` is empty."""
-    if not options:
-        return f"{text} {SHORT_INSTRUCTION}", answer
-    lines = [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
-    return "\n".join([text, *lines, MCQ_INSTRUCTION]), LETTERS[options.index(answer)]
 
 
 def _options(rng: random.Random, answer: str, pool: List[str]) -> List[str]:
@@ -111,5 +102,5 @@ def drill(seed: int, index: int) -> Tuple[str, str, str]:
     kind = rng.choice(tuple(DRILLS))
     mcq = rng.random() < MCQ_FRACTION
     text, answer, options = DRILLS[kind](rng, mcq)
-    prompt, gold = format_question(text, answer, options)
+    prompt, gold = format_prompt(text, answer, options)
     return kind, prompt, gold
