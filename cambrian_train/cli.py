@@ -59,15 +59,33 @@ def _compose_variant(overrides: list) -> TrainConfig:
     return variant
 
 
+def native_torch_only(cfg: DictConfig) -> None:
+    """accelerate and transformers import torch_xla whenever it is installed (about 4 s of a
+    process's start) and switch on their XLA code paths; when no run of this process is on the
+    XLA backend (neither the composed config nor a variant's overrides name one), set their
+    documented switch for native PyTorch jobs, ``USE_TORCH_XLA=0``, before they are first
+    imported (resolving the config may import them). A value the user set is kept."""
+    variants = cfg.get("variants") or {}
+    overrides = [str(o) for name in variants for o in (variants[name] or [])]
+    if cfg.backend.name == "xla_spmd" or any("backend" in o for o in overrides):
+        return
+    os.environ.setdefault("USE_TORCH_XLA", "0")
+
+
 def _main(cfg: DictConfig) -> None:
-    from cambrian_train.run import run  # heavy imports only once the config is known good
     from cambrian_train.storage import StorageError
+
+    native_torch_only(cfg)
+    try:
+        train_cfg = to_train_config(cfg)
+        validate(train_cfg)
+    except ValueError as err:
+        _user_error(err)
+    from cambrian_train.run import run  # heavy imports only once the config is known good
     from cambrian_train.train.preempt import EXIT_RESUME, Preempted
     from cambrian_train.train.trainer import TrainingDiverged
 
     try:
-        train_cfg = to_train_config(cfg)
-        validate(train_cfg)
         if train_cfg.variants:
             from hydra.core.hydra_config import HydraConfig
 
@@ -89,11 +107,15 @@ def _main(cfg: DictConfig) -> None:
         log.error("(fix the storage, then run again with resume=auto; exit %d)", EXIT_STORAGE)
         sys.exit(EXIT_STORAGE)
     except ValueError as err:  # ConfigError, DataError and loaders' checks: user errors
-        if os.environ.get("CAMBRIAN_TRACEBACK"):
-            raise
-        log.error("%s: %s", type(err).__name__, err)
-        log.error("(set CAMBRIAN_TRACEBACK=1 for the traceback)")
-        sys.exit(2)
+        _user_error(err)
+
+
+def _user_error(err: ValueError) -> None:
+    if os.environ.get("CAMBRIAN_TRACEBACK"):
+        raise err
+    log.error("%s: %s", type(err).__name__, err)
+    log.error("(set CAMBRIAN_TRACEBACK=1 for the traceback)")
+    sys.exit(2)
 
 
 def process_index() -> int:

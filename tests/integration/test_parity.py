@@ -114,14 +114,14 @@ def test_fsdp_with_perceiver_layers_as_units(tmp_path, synthetic_root):
     assert fsdp == pytest.approx(cpu, **TOLERANCE)
 
 
-def test_lora_losses_agree_on_cpu_xla_tensor_parallel_and_fsdp(tmp_path, synthetic_root):
+def test_lora_losses_agree_on_cpu_xla_fsdp_x_tensor_and_fsdp(tmp_path, synthetic_root):
     """LoRA adapters on every LLM projection (frozen base, seeded fp32 adapters; dropout off so
-    no backend's random stream enters): one process, four XLA devices (fsdp=4, and 2 fsdp x 2
-    tensor with the adapters split like their bases), two FSDP2 processes — the same losses."""
+    no backend's random stream enters): one process, four XLA devices as 2 fsdp x 2 tensor
+    (each adapter follows its base where the base splits over tensor, and splits over fsdp
+    otherwise: both adapter rule tables), two FSDP2 processes — the same losses."""
     extra = ("model.llm.lora.r=4", "model.llm.lora.dropout=0.0", "stages.finetune.lr=5e-3")
     xla_env = {"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "4"}
     cpu = run_losses(tmp_path, synthetic_root, "cpu", "cpu", extra=extra)
-    xla = run_losses(tmp_path, synthetic_root, "xla", "xla_spmd", env=xla_env, extra=extra)
     tp = run_losses(
         tmp_path,
         synthetic_root,
@@ -131,8 +131,7 @@ def test_lora_losses_agree_on_cpu_xla_tensor_parallel_and_fsdp(tmp_path, synthet
         extra=(*extra, "mesh=xla_cpu_4", "mesh.fsdp=2", "mesh.tensor=2"),
     )
     fsdp = run_fsdp_losses(tmp_path, synthetic_root, extra=extra)
-    print({"cpu": cpu, "xla": xla, "xla 2x2": tp, "fsdp": fsdp})
+    print({"cpu": cpu, "xla 2x2": tp, "fsdp": fsdp})
     assert cpu[-1] < cpu[0]
-    assert xla == pytest.approx(cpu, **TOLERANCE)
     assert tp == pytest.approx(cpu, **TOLERANCE)
     assert fsdp == pytest.approx(cpu, **TOLERANCE)

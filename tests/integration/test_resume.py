@@ -102,6 +102,18 @@ def reference(synthetic_root, tmp_path_factory):
     return losses(run)
 
 
+@pytest.fixture(scope="module")
+def xla_reference(synthetic_root, tmp_path_factory):
+    """The uninterrupted run on one XLA host with 4 virtual devices: (its directory, step ->
+    loss); its step-4 checkpoint is resumed elsewhere (resharded to 2 devices, under FSDP2)."""
+    full = tmp_path_factory.mktemp("xla_reference") / "run"
+    env = {**XLA_ENV, "CPU_NUM_DEVICES": "4"}
+    xla = ["backend=xla_spmd"]
+    code, out = finish(launch(overrides(synthetic_root, full, XLA_STEPS, xla), full.parent, env))
+    assert code == 0, out[-3000:]
+    return full, losses(full)
+
+
 def test_crash_inside_a_save_then_resume_auto_is_exact(synthetic_root, tmp_path, reference):
     run = tmp_path / "run"
     code, out = finish(launch(overrides(synthetic_root, run), tmp_path, {CRASH_ENV: "4"}))
@@ -185,19 +197,9 @@ def test_packed_stream_crash_then_resume_auto_is_exact(synthetic_root, tmp_path)
 
 
 @pytest.mark.slow
-def test_xla_resume_is_exact_and_reshards_4_to_2(synthetic_root, tmp_path):
+def test_xla_resume_is_exact_and_reshards_4_to_2(synthetic_root, tmp_path, xla_reference):
     xla = ["backend=xla_spmd"]
-    full = tmp_path / "full" / "run"
-    code, out = finish(
-        launch(
-            overrides(synthetic_root, full, XLA_STEPS, xla),
-            tmp_path,
-            {**XLA_ENV, "CPU_NUM_DEVICES": "4"},
-        )
-    )
-    assert code == 0, out[-3000:]
-    expected = losses(full)
-
+    _, expected = xla_reference
     run = tmp_path / "run"
     env4 = {**XLA_ENV, "CPU_NUM_DEVICES": "4", CRASH_ENV: "4"}
     code, out = finish(launch(overrides(synthetic_root, run, XLA_STEPS, xla), tmp_path, env4))
@@ -265,18 +267,13 @@ def test_fsdp_two_processes_crash_inside_a_save_then_resume_auto_is_exact(synthe
 
 
 @pytest.mark.slow
-def test_xla_checkpoint_continues_under_fsdp(synthetic_root, tmp_path):
+def test_xla_checkpoint_continues_under_fsdp(synthetic_root, tmp_path, xla_reference):
     """A step checkpoint of one XLA host with 4 virtual devices, resumed by two FSDP2 processes:
     the DCP shards reshard into DTensors, the single sampler cursor is shared out over the two
     processes, and the continuation's losses match the XLA run's to float32 reduction order.
     With the (default) length-grouped sampler: one host's batch of 4 and two processes' batches
     of 2 cut the same sorted steps, so the global batches are the same records."""
-    xla = ["backend=xla_spmd"]
-    full = tmp_path / "xla" / "run"
-    env = {**XLA_ENV, "CPU_NUM_DEVICES": "4"}
-    code, out = finish(launch(overrides(synthetic_root, full, XLA_STEPS, xla), tmp_path, env))
-    assert code == 0, out[-3000:]
-    expected = losses(full)
+    full, expected = xla_reference
     ckpt = full / "checkpoints" / "finetune" / "step-00000004"
 
     fsdp = tmp_path / "fsdp" / "run"

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from cambrian_train.cli import PROCESS_INDEX_ENVS, hydra_overrides, process_index
+import pytest
+from omegaconf import OmegaConf
+
+from cambrian_train.cli import PROCESS_INDEX_ENVS, hydra_overrides, native_torch_only, process_index
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +45,26 @@ def test_process_zero_writes_them_into_output_dirs_local_mirror():
         "hydra.run.dir='${cambrian_local_dir:${output_dir}}'"
     ]
     assert hydra_overrides(["hydra.run.dir=elsewhere"], 0) == []
+
+
+@pytest.mark.parametrize(
+    "backend, variants, expected",
+    [
+        ("cpu", {}, "0"),
+        ("cuda_fsdp", {"a": ["model/connector=tiny_sva"]}, "0"),
+        ("xla_spmd", {}, None),  # an XLA run keeps accelerate's and transformers' XLA paths
+        ("cpu", {"a": [], "b": ["backend=xla_spmd"]}, None),  # a variant may run on XLA
+    ],
+)
+def test_native_torch_only_switches_off_xla_imports_unless_a_run_uses_xla(
+    monkeypatch, backend, variants, expected
+):
+    monkeypatch.delenv("USE_TORCH_XLA", raising=False)
+    native_torch_only(OmegaConf.create({"backend": {"name": backend}, "variants": variants}))
+    assert os.environ.get("USE_TORCH_XLA") == expected
+
+
+def test_native_torch_only_keeps_the_users_setting(monkeypatch):
+    monkeypatch.setenv("USE_TORCH_XLA", "1")
+    native_torch_only(OmegaConf.create({"backend": {"name": "cpu"}, "variants": {}}))
+    assert os.environ["USE_TORCH_XLA"] == "1"
