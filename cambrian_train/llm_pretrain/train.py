@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from cambrian_train.data.suite import MCQ_INSTRUCTION
 from cambrian_train.data.templates import Turn, get_template
 from cambrian_train.llm_pretrain.drills import DRILLS, drill
 from cambrian_train.train.optim import lr_factor
@@ -103,13 +104,19 @@ def loss_of(model, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
     )
 
 
+def drill_format(prompt: str) -> str:
+    """``mcq`` for a drill laid out with lettered options (data/suite.py), else ``short``."""
+    return "mcq" if prompt.endswith(MCQ_INSTRUCTION) else "short"
+
+
 @torch.no_grad()
 def drill_accuracy(model, tokenizer, count: int, seed: int = HELD_OUT_SEED) -> Dict[str, float]:
-    """Greedy exact-answer accuracy (percent) on ``count`` held-out drills, per kind and overall:
-    every answer token must be the argmax given the gold prefix (teacher forcing)."""
+    """Greedy exact-answer accuracy (percent) on ``count`` held-out drills, per kind, per kind
+    and answer format (``match/mcq``), per format and overall: every answer token must be the
+    argmax given the gold prefix (teacher forcing)."""
     model.eval()
     drills = [drill(seed, i) for i in range(count)]
-    right: Dict[str, List[bool]] = {kind: [] for kind in DRILLS}
+    right: Dict[str, List[bool]] = {}
     for start in range(0, count, 100):
         chunk = drills[start : start + 100]
         inputs = batch(tokenizer, chunk)
@@ -120,10 +127,14 @@ def drill_accuracy(model, tokenizer, count: int, seed: int = HELD_OUT_SEED) -> D
         target = inputs["labels"][:, 1:]
         supervised = target != IGNORE
         correct = ((predicted == target) | ~supervised).all(dim=1)
-        for (kind, _, _), ok in zip(chunk, correct.tolist()):
-            right[kind].append(ok)
-    scores = {k: 100.0 * sum(v) / len(v) for k, v in right.items() if v}
-    scores["overall"] = 100.0 * sum(sum(v) for v in right.values()) / count
+        for (kind, prompt, _), ok in zip(chunk, correct.tolist()):
+            fmt = drill_format(prompt)
+            for key in (kind, f"{kind}/{fmt}", fmt):
+                right.setdefault(key, []).append(ok)
+    order = [k for k in DRILLS if k in right]
+    order += sorted(k for k in right if "/" in k) + [f for f in ("short", "mcq") if f in right]
+    scores = {k: 100.0 * sum(right[k]) / len(right[k]) for k in order}
+    scores["overall"] = 100.0 * sum(sum(right[k]) for k in DRILLS if k in right) / count
     return scores
 
 

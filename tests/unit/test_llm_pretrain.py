@@ -91,3 +91,47 @@ def test_llama_pt_asset_trains_and_loads_through_the_llm_preset(compose):
     reference = LlamaForCausalLM.from_pretrained(path)
     ids = torch.tensor([[1, 5, 9, 12]])
     assert torch.equal(llm(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
+def test_drill_accuracy_per_kind_and_answer_format():
+    """A stand-in model that predicts every gold token of the multiple-choice drills and
+    nothing of the short ones: 100 on every ``<kind>/mcq`` and on ``mcq``, 0 on the short
+    forms, and overall the multiple-choice share of the drills (counted here from the layout)."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from cambrian_train.llm_pretrain.train import HELD_OUT_SEED, batch, drill_accuracy
+    from cambrian_train.tiny import ensure_asset
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_asset("llama"))
+    count = 120
+    drills = [drill(HELD_OUT_SEED, i) for i in range(count)]
+    gold = {}
+    for start in range(0, count, 100):
+        chunk = drills[start : start + 100]
+        inputs = batch(tokenizer, chunk)
+        for row, (_, prompt, _) in enumerate(chunk):
+            ids = tuple(inputs["input_ids"][row].tolist())
+            gold[ids] = (inputs["labels"][row], prompt.endswith("option's letter."))
+
+    class Oracle(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            vocab = len(tokenizer)
+            logits = torch.zeros(*input_ids.shape, vocab)
+            for row, ids in enumerate(input_ids.tolist()):
+                labels, mcq = gold[tuple(ids)]
+                for t in range(1, len(ids)):
+                    if labels[t] != -100:
+                        right = int(labels[t])
+                        logits[row, t - 1, right if mcq else (right + 1) % vocab] = 1.0
+            return SimpleNamespace(logits=logits)
+
+    scores = drill_accuracy(Oracle(), tokenizer, count)
+    mcq_share = 100.0 * sum(p.endswith("option's letter.") for _, p, _ in drills) / count
+    assert scores["mcq"] == 100.0 and scores["short"] == 0.0
+    assert all(scores[f"{k}/mcq"] == 100.0 for k in DRILLS if k != "copy")
+    assert all(scores[f"{k}/short"] == 0.0 for k in DRILLS)
+    assert "copy/mcq" not in scores
+    assert abs(scores["overall"] - mcq_share) < 1e-9
