@@ -60,10 +60,10 @@ def _compose_variant(overrides: list) -> TrainConfig:
 
 
 def native_torch_only(cfg: DictConfig) -> None:
-    """accelerate and transformers import torch_xla whenever it is installed (about 4 s of a
-    process's start) and switch on their XLA code paths; when no run of this process is on the
-    XLA backend (neither the composed config nor a variant's overrides name one), set their
-    documented switch for native PyTorch jobs, ``USE_TORCH_XLA=0``, before they are first
+    """accelerate and transformers import torch_xla whenever it is installed (4-5 s under
+    ``python -X importtime``) and switch on their XLA code paths; when no run of this process
+    is on the XLA backend (neither the composed config nor a variant's overrides name one), set
+    their documented switch for native PyTorch jobs, ``USE_TORCH_XLA=0``, before they are first
     imported (resolving the config may import them). A value the user set is kept."""
     variants = cfg.get("variants") or {}
     overrides = [str(o) for name in variants for o in (variants[name] or [])]
