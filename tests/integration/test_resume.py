@@ -105,7 +105,8 @@ def reference(synthetic_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def xla_reference(synthetic_root, tmp_path_factory):
     """The uninterrupted run on one XLA host with 4 virtual devices: (its directory, step ->
-    loss); its step-4 checkpoint is resumed elsewhere (resharded to 2 devices, under FSDP2)."""
+    loss), the losses the XLA resume tests compare with; its step-4 checkpoint is also what
+    test_xla_checkpoint_continues_under_fsdp continues under FSDP2."""
     full = tmp_path_factory.mktemp("xla_reference") / "run"
     env = {**XLA_ENV, "CPU_NUM_DEVICES": "4"}
     xla = ["backend=xla_spmd"]
